@@ -1,0 +1,158 @@
+//! The kinds a node can host, behind a type-erased interface.
+//!
+//! The runtime moves agent messages as encoded bytes and the gateway speaks
+//! JSON; a [`Kind`] converts between the two and runs a kind's handler on
+//! bytes, so the runtime never needs the kind's Rust types.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::Deserialize as _;
+
+use crate::agent::{Agent, CallError, Context, Durability};
+use crate::codec;
+use crate::id::AgentId;
+
+/// An agent kind with its types erased.
+pub trait Kind: Send + Sync + 'static {
+    /// The kind's name.
+    fn name(&self) -> &'static str;
+    /// How much of its state survives.
+    fn durability(&self) -> Durability;
+    /// Converts a JSON message into the encoded message.
+    fn message_from_json(
+        &self,
+        to: &AgentId,
+        msg: &serde_json::Value,
+    ) -> Result<Vec<u8>, CallError>;
+    /// Converts an encoded reply into JSON.
+    fn reply_to_json(&self, to: &AgentId, reply: &[u8]) -> Result<serde_json::Value, CallError>;
+    /// A new live instance with default state.
+    fn instantiate(&self) -> Box<dyn Instance>;
+}
+
+/// A live agent with its types erased: its state and its handler.
+pub trait Instance: Send + 'static {
+    /// Decodes `payload`, runs the handler and encodes the reply.
+    fn handle<'a>(
+        &'a mut self,
+        ctx: &'a Context,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<u8>, CallError>>;
+}
+
+struct TypedKind<A>(PhantomData<fn() -> A>);
+
+struct TypedInstance<A: Agent> {
+    state: A::State,
+}
+
+fn bad_message(to: &AgentId, reason: impl ToString) -> CallError {
+    CallError::BadMessage {
+        agent: to.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl<A: Agent> Kind for TypedKind<A> {
+    fn name(&self) -> &'static str {
+        A::KIND
+    }
+
+    fn durability(&self) -> Durability {
+        A::DURABILITY
+    }
+
+    fn message_from_json(
+        &self,
+        to: &AgentId,
+        msg: &serde_json::Value,
+    ) -> Result<Vec<u8>, CallError> {
+        let typed: A::Message = A::Message::deserialize(msg).map_err(|e| bad_message(to, e))?;
+        codec::encode(&typed).map_err(|e| bad_message(to, e))
+    }
+
+    fn reply_to_json(&self, to: &AgentId, reply: &[u8]) -> Result<serde_json::Value, CallError> {
+        let typed: A::Reply = codec::decode(reply).map_err(|e| CallError::Internal {
+            reason: format!("reply from {to}: {e}"),
+        })?;
+        serde_json::to_value(&typed).map_err(|e| CallError::Internal {
+            reason: format!("reply from {to}: {e}"),
+        })
+    }
+
+    fn instantiate(&self) -> Box<dyn Instance> {
+        Box::new(TypedInstance::<A> {
+            state: A::State::default(),
+        })
+    }
+}
+
+impl<A: Agent> Instance for TypedInstance<A> {
+    fn handle<'a>(
+        &'a mut self,
+        ctx: &'a Context,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<u8>, CallError>> {
+        async move {
+            let msg: A::Message = codec::decode(payload).map_err(|e| bad_message(ctx.id(), e))?;
+            let reply =
+                A::handle(&mut self.state, ctx, msg)
+                    .await
+                    .map_err(|e| CallError::Agent {
+                        agent: ctx.id().to_string(),
+                        message: e.0,
+                    })?;
+            codec::encode(&reply).map_err(|e| CallError::Internal {
+                reason: e.to_string(),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// The kinds a node can host, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn Kind>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kinds.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds kind `A`, replacing any kind of the same name.
+    pub fn register<A: Agent>(&mut self) -> &mut Self {
+        self.kinds
+            .insert(A::KIND, Arc::new(TypedKind::<A>(PhantomData)));
+        self
+    }
+
+    /// The kind called `name`, if registered.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Kind>> {
+        self.kinds.get(name)
+    }
+
+    /// The kind of agent `id`, or [`CallError::UnknownKind`].
+    pub fn kind_of(&self, id: &AgentId) -> Result<&Arc<dyn Kind>, CallError> {
+        self.get(id.kind()).ok_or_else(|| CallError::UnknownKind {
+            kind: id.kind().to_owned(),
+        })
+    }
+
+    /// The names of all registered kinds, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+}

@@ -1,0 +1,290 @@
+//! `meshctl`: talks to an agent mesh through NATS.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mesh::gateway::{AdminRequest, AgentsReply, CallRequest, MembersReply, Response};
+use mesh::subjects;
+
+/// Talks to an agent mesh through NATS.
+///
+/// Exit status: 0 success, 1 the mesh answered with an error, 2 bad
+/// arguments, 3 NATS unreachable, 4 timeout, 5 no node of the cluster
+/// answered.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// NATS server URLs (comma separated).
+    #[arg(long, env = "MESH_NATS", value_delimiter = ',', default_value = mesh::config::DEFAULT_NATS)]
+    nats: Vec<String>,
+    /// The cluster to talk to.
+    #[arg(long, env = "MESH_CLUSTER", default_value = mesh::config::DEFAULT_CLUSTER)]
+    cluster: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How long to wait for answers, such as 5s or 500ms.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the nodes of the cluster.
+    Members,
+    /// List which agents are live on which node.
+    Agents,
+    /// Send a JSON message to an agent and print its JSON reply.
+    Call {
+        /// The agent, as kind/name (for example counter/alice).
+        agent: String,
+        /// The message, as JSON (for example '{"add": 5}').
+        message: String,
+        /// Enter the mesh through this node instead of any.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Send a JSON message to an agent without waiting for a reply.
+    Send {
+        /// The agent, as kind/name.
+        agent: String,
+        /// The message, as JSON.
+        message: String,
+        /// Enter the mesh through this node instead of any.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+/// A failure with its exit status.
+struct Failure(u8, String);
+
+impl Failure {
+    fn mesh(message: impl Into<String>) -> Self {
+        Failure(1, message.into())
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, message)) => {
+            eprintln!("meshctl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    // Check arguments before touching the network.
+    let call = match &cli.command {
+        Command::Call {
+            agent,
+            message,
+            node,
+        }
+        | Command::Send {
+            agent,
+            message,
+            node,
+        } => {
+            let msg: serde_json::Value = serde_json::from_str(message)
+                .map_err(|e| Failure(2, format!("the message is not valid JSON: {e}")))?;
+            agent
+                .parse::<actors::AgentId>()
+                .map_err(|e| Failure(2, e.to_string()))?;
+            let request = CallRequest {
+                v: None,
+                agent: agent.clone(),
+                msg,
+                timeout_ms: Some(cli.timeout.as_millis() as u64),
+                cast: matches!(cli.command, Command::Send { .. }),
+            };
+            Some((request, node.clone()))
+        }
+        _ => None,
+    };
+    let client = mesh::connect_nats(&cli.nats, "meshctl")
+        .await
+        .map_err(|e| Failure(3, format!("{e:#}")))?;
+    let ctl = Ctl {
+        client,
+        cluster: cli.cluster.clone(),
+        // The mesh's own deadline answers first; this one covers a lost node.
+        wait: cli.timeout + Duration::from_secs(1),
+    };
+    match cli.command {
+        Command::Members => ctl.members(cli.json).await,
+        Command::Agents => ctl.agents(cli.json).await,
+        Command::Call { .. } | Command::Send { .. } => {
+            let (request, node) = call.expect("parsed above");
+            ctl.call(request, node, cli.json).await
+        }
+    }
+}
+
+struct Ctl {
+    client: async_nats::Client,
+    cluster: String,
+    wait: Duration,
+}
+
+impl Ctl {
+    async fn request(&self, subject: String, body: Vec<u8>) -> Result<Response, Failure> {
+        use async_nats::client::RequestErrorKind;
+        let request = async_nats::Request::new()
+            .payload(body.into())
+            .timeout(Some(self.wait));
+        let reply = self
+            .client
+            .send_request(subject.clone(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => Failure(
+                    5,
+                    format!(
+                        "no node of cluster \"{}\" answered on {subject}",
+                        self.cluster
+                    ),
+                ),
+                RequestErrorKind::TimedOut => Failure(
+                    4,
+                    format!(
+                        "no answer on {subject} within {}",
+                        humantime::format_duration(self.wait)
+                    ),
+                ),
+                _ => Failure(3, format!("request on {subject} failed: {e}")),
+            })?;
+        serde_json::from_slice(&reply.payload)
+            .map_err(|e| Failure::mesh(format!("unreadable answer from the mesh: {e}")))
+    }
+
+    async fn admin(
+        &self,
+        subject: String,
+        request: &AdminRequest,
+    ) -> Result<serde_json::Value, Failure> {
+        let body = serde_json::to_vec(request).expect("admin requests encode");
+        match self.request(subject, body).await? {
+            Response::Ok(value) => Ok(value),
+            Response::Error(e) => Err(Failure::mesh(format!("{} ({})", e.message, e.code))),
+        }
+    }
+
+    async fn members_reply(&self) -> Result<MembersReply, Failure> {
+        let value = self
+            .admin(subjects::admin(&self.cluster), &AdminRequest::Members)
+            .await?;
+        serde_json::from_value(value)
+            .map_err(|e| Failure::mesh(format!("unreadable member list: {e}")))
+    }
+
+    async fn members(&self, json: bool) -> Result<(), Failure> {
+        let reply = self.members_reply().await?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&reply.members).expect("encodes")
+            );
+            return Ok(());
+        }
+        println!(
+            "{:<20} {:<10} {:<14} {:<8} {:<6} {:<22} {:>8} {:<8}",
+            "NAME", "ZONE", "KIND", "STATUS", "LINKED", "ADDRESS", "AGE", "VERSION"
+        );
+        for m in &reply.members {
+            println!(
+                "{:<20} {:<10} {:<14} {:<8} {:<6} {:<22} {:>8} {:<8}",
+                m.name,
+                m.zone,
+                m.kind,
+                m.status,
+                if m.this {
+                    "self"
+                } else if m.linked {
+                    "yes"
+                } else {
+                    "no"
+                },
+                m.address,
+                humantime::format_duration(Duration::from_secs(m.age_s)).to_string(),
+                m.software
+            );
+        }
+        println!("(as seen by {})", reply.node);
+        Ok(())
+    }
+
+    async fn agents(&self, json: bool) -> Result<(), Failure> {
+        let members = self.members_reply().await?;
+        let asks = members.members.iter().map(|m| {
+            self.admin(
+                subjects::node_admin(&self.cluster, &m.name),
+                &AdminRequest::Agents,
+            )
+        });
+        let mut rows = Vec::new();
+        for (member, answer) in members
+            .members
+            .iter()
+            .zip(futures::future::join_all(asks).await)
+        {
+            match answer.and_then(|v| {
+                serde_json::from_value::<AgentsReply>(v)
+                    .map_err(|e| Failure::mesh(format!("unreadable agent list: {e}")))
+            }) {
+                Ok(reply) => rows.extend(reply.agents.into_iter().map(|a| (a, reply.node.clone()))),
+                Err(Failure(_, why)) => {
+                    eprintln!("meshctl: node {} did not answer: {why}", member.name)
+                }
+            }
+        }
+        rows.sort();
+        if json {
+            let list: Vec<_> = rows
+                .iter()
+                .map(|(agent, node)| serde_json::json!({"agent": agent, "node": node}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list).expect("encodes"));
+            return Ok(());
+        }
+        println!("{:<40} NODE", "AGENT");
+        for (agent, node) in rows {
+            println!("{agent:<40} {node}");
+        }
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        request: CallRequest,
+        node: Option<String>,
+        json: bool,
+    ) -> Result<(), Failure> {
+        let subject = match &node {
+            Some(node) => subjects::node_gateway(&self.cluster, node),
+            None => subjects::gateway(&self.cluster),
+        };
+        let body = serde_json::to_vec(&request).expect("call requests encode");
+        let response = self.request(subject, body).await?;
+        if json {
+            println!("{}", serde_json::to_string(&response).expect("encodes"));
+        }
+        match response {
+            Response::Ok(value) => {
+                if !json && !request.cast {
+                    println!("{}", serde_json::to_string(&value).expect("encodes"));
+                }
+                Ok(())
+            }
+            Response::Error(e) if e.code == "timeout" => Err(Failure(4, e.message)),
+            Response::Error(e) => Err(Failure::mesh(format!("{} ({})", e.message, e.code))),
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Node configuration: a TOML file, then `MESH_*` environment, then flags.
+//!
+//! Every value is checked before the node starts; a bad one stops it with
+//! one line naming the key and the value. Defaults make a node with no flags
+//! at all join a local development mesh.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use topology::NodeKind;
+
+/// The cluster a node joins when none is given.
+pub const DEFAULT_CLUSTER: &str = "mesh";
+/// The NATS server a node and `meshctl` use when none is given.
+pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
+/// The zone of a node that does not say.
+pub const DEFAULT_ZONE: &str = "local-1";
+/// The link listen address when none is given (loopback: safe by default).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+/// The data directory when none is given.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// How often a node announces itself.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long a silent node stays in the member list.
+pub const DEFAULT_MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest encoded agent message, far below the link's 16 MiB frames.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// How long a gateway call waits when the request does not say.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The secret a development node uses when none is configured.
+const DEVELOPMENT_SECRET: &str = "agent-mesh-development-secret";
+
+/// A configuration problem, as one line naming the key and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn invalid(key: &str, value: &str, why: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("invalid value \"{value}\" for {key}: {why}"))
+}
+
+/// The cluster secret; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's text, for the link handshake only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the built-in development secret.
+    pub fn is_development(&self) -> bool {
+        self.0 == DEVELOPMENT_SECRET
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Node settings from the command line and the environment.
+///
+/// Each flag overrides its `MESH_*` variable, which overrides the file.
+#[derive(Debug, Default, Args)]
+pub struct NodeArgs {
+    /// TOML configuration file; flags and environment override its keys.
+    #[arg(long, env = "MESH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Cluster to join; clusters sharing a NATS never see each other.
+    #[arg(long, env = "MESH_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This node's name, unique in its cluster [default: host name].
+    #[arg(long, env = "MESH_NAME")]
+    pub name: Option<String>,
+    /// Availability zone, such as fr-par-1 [default: local-1].
+    #[arg(long, env = "MESH_ZONE")]
+    pub zone: Option<String>,
+    /// Host kind: elastic-metal or instance [default: instance].
+    #[arg(long, env = "MESH_KIND")]
+    pub kind: Option<String>,
+    /// Capability labels of this host, such as gpu (comma separated).
+    #[arg(long, env = "MESH_CAPABILITIES", value_delimiter = ',')]
+    pub capabilities: Option<Vec<String>>,
+    /// NATS server URLs (comma separated) [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "MESH_NATS", value_delimiter = ',')]
+    pub nats: Option<Vec<String>>,
+    /// Address the cluster link listens on [default: 127.0.0.1:7400].
+    #[arg(long, env = "MESH_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Address other nodes dial [default: the listen address].
+    #[arg(long, env = "MESH_ADVERTISE", value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// Directory for this node's data [default: ./data].
+    #[arg(long, env = "MESH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the cluster secret (MESH_SECRET may hold it instead).
+    #[arg(long, env = "MESH_SECRET_FILE", value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Interval between announcements, such as 500ms.
+    #[arg(long, env = "MESH_HEARTBEAT", value_name = "DURATION")]
+    pub heartbeat: Option<String>,
+    /// How long a silent node stays a member, such as 3s.
+    #[arg(long, env = "MESH_MEMBER_TIMEOUT", value_name = "DURATION")]
+    pub member_timeout: Option<String>,
+    /// Largest encoded agent message in bytes.
+    #[arg(long, env = "MESH_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Default deadline of gateway calls, such as 5s.
+    #[arg(long, env = "MESH_CALL_TIMEOUT", value_name = "DURATION")]
+    pub call_timeout: Option<String>,
+}
+
+/// The keys of the configuration file; all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    cluster: Option<String>,
+    name: Option<String>,
+    zone: Option<String>,
+    kind: Option<String>,
+    capabilities: Option<Vec<String>>,
+    nats: Option<Vec<String>>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    secret_file: Option<PathBuf>,
+    heartbeat: Option<String>,
+    member_timeout: Option<String>,
+    max_message_bytes: Option<usize>,
+    call_timeout: Option<String>,
+}
+
+/// A node's checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cluster this node belongs to.
+    pub cluster: String,
+    /// This node's name, unique in the cluster.
+    pub name: String,
+    /// The node's availability zone.
+    pub zone: String,
+    /// The kind of host.
+    pub kind: NodeKind,
+    /// Capability labels, sorted.
+    pub capabilities: Vec<String>,
+    /// NATS server URLs.
+    pub nats: Vec<String>,
+    /// Where the cluster link listens.
+    pub listen: SocketAddr,
+    /// Where other nodes dial this one.
+    pub advertise: SocketAddr,
+    /// Where the node keeps its data.
+    pub data_dir: PathBuf,
+    /// The cluster secret.
+    pub secret: Secret,
+    /// Interval between announcements.
+    pub heartbeat: Duration,
+    /// How long a silent node stays a member.
+    pub member_timeout: Duration,
+    /// Largest encoded agent message.
+    pub max_message_bytes: usize,
+    /// Default deadline of gateway calls.
+    pub call_timeout: Duration,
+}
+
+impl Config {
+    /// A development configuration: every default, with the given name.
+    pub fn development(name: &str) -> Result<Config, ConfigError> {
+        let args = NodeArgs {
+            name: Some(name.to_owned()),
+            ..NodeArgs::default()
+        };
+        Config::load(args, |_| None)
+    }
+
+    /// Reads the file named by `args.config` (if any), then applies `args`,
+    /// which already hold the environment, and checks everything.
+    ///
+    /// `env` looks up variables that have no flag (`MESH_SECRET`).
+    pub fn load(
+        args: NodeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let text = |flag: Option<String>, file: Option<String>| flag.or(file);
+
+        let cluster = text(args.cluster, file.cluster).unwrap_or_else(|| DEFAULT_CLUSTER.into());
+        check_token("cluster", &cluster)?;
+        let name = match text(args.name, file.name) {
+            Some(name) => name,
+            None => default_name(),
+        };
+        check_token("name", &name)?;
+
+        let zone = text(args.zone, file.zone).unwrap_or_else(|| DEFAULT_ZONE.into());
+        topology::validate_zone(&zone).map_err(|e| invalid("zone", &zone, e.reason))?;
+        let kind_text = text(args.kind, file.kind).unwrap_or_else(|| "instance".into());
+        let kind = kind_text
+            .parse::<NodeKind>()
+            .map_err(|_| invalid("kind", &kind_text, "expected elastic-metal or instance"))?;
+
+        let mut capabilities = args.capabilities.or(file.capabilities).unwrap_or_default();
+        for capability in &capabilities {
+            check_token("capabilities", capability)?;
+        }
+        capabilities.sort();
+        capabilities.dedup();
+
+        let nats = args
+            .nats
+            .or(file.nats)
+            .unwrap_or_else(|| vec![DEFAULT_NATS.into()]);
+        check_nats_urls(&nats)?;
+
+        let listen_text = text(args.listen, file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = parse_addr("listen", &listen_text)?;
+        let advertise = match text(args.advertise, file.advertise) {
+            Some(a) => parse_addr("advertise", &a)?,
+            None if listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "advertise",
+                    "",
+                    format!("required when listen is {listen}: give the address peers dial"),
+                ))
+            }
+            None => listen,
+        };
+
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let secret = match args.secret_file.or(file.secret_file) {
+            Some(path) => read_secret(&path)?,
+            None => match env("MESH_SECRET") {
+                Some(s) if s.trim().is_empty() => {
+                    return Err(ConfigError("MESH_SECRET is set but empty".into()))
+                }
+                Some(s) => Secret(s.trim().to_owned()),
+                None => Secret(DEVELOPMENT_SECRET.into()),
+            },
+        };
+
+        let heartbeat = duration("heartbeat", text(args.heartbeat, file.heartbeat))?
+            .unwrap_or(DEFAULT_HEARTBEAT);
+        let member_timeout = duration(
+            "member_timeout",
+            text(args.member_timeout, file.member_timeout),
+        )?
+        .unwrap_or(DEFAULT_MEMBER_TIMEOUT);
+        if member_timeout < heartbeat * 2 {
+            return Err(invalid(
+                "member_timeout",
+                &humantime::format_duration(member_timeout).to_string(),
+                format!(
+                    "must be at least twice the heartbeat ({})",
+                    humantime::format_duration(heartbeat)
+                ),
+            ));
+        }
+        let max_message_bytes = args
+            .max_message_bytes
+            .or(file.max_message_bytes)
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if !(64..=crate::wire::MAX_FRAME_BYTES / 2).contains(&max_message_bytes) {
+            return Err(invalid(
+                "max_message_bytes",
+                &max_message_bytes.to_string(),
+                format!(
+                    "must be between 64 and {}",
+                    crate::wire::MAX_FRAME_BYTES / 2
+                ),
+            ));
+        }
+        let call_timeout = duration("call_timeout", text(args.call_timeout, file.call_timeout))?
+            .unwrap_or(DEFAULT_CALL_TIMEOUT);
+
+        Ok(Config {
+            cluster,
+            name,
+            zone,
+            kind,
+            capabilities,
+            nats,
+            listen,
+            advertise,
+            data_dir,
+            secret,
+            heartbeat,
+            member_timeout,
+            max_message_bytes,
+            call_timeout,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {shown}: {e}")))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let message = e.message().replace('\n', " ");
+        match line {
+            Some(line) => ConfigError(format!("{shown} line {line}: {message}")),
+            None => ConfigError(format!("{shown}: {message}")),
+        }
+    })
+}
+
+fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read secret_file {shown}: {e}")))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(ConfigError(format!("secret_file {shown} is empty")));
+    }
+    Ok(Secret(secret.to_owned()))
+}
+
+/// Checks a name that ends up in NATS subjects and log fields.
+fn check_token(key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            value,
+            "use 1 to 64 lowercase letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+fn check_nats_urls(urls: &[String]) -> Result<(), ConfigError> {
+    if urls.is_empty() {
+        return Err(invalid("nats", "", "give at least one URL"));
+    }
+    for url in urls {
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| invalid("nats", url, e))?;
+    }
+    Ok(())
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(key, value, "expected IP:PORT, such as 10.0.1.7:7400"))
+}
+
+fn duration(key: &str, value: Option<String>) -> Result<Option<Duration>, ConfigError> {
+    let Some(value) = value else { return Ok(None) };
+    let parsed =
+        humantime::parse_duration(&value).map_err(|e| invalid(key, &value, e.to_string()))?;
+    if parsed.is_zero() {
+        return Err(invalid(key, &value, "must be more than zero"));
+    }
+    Ok(Some(parsed))
+}
+
+/// The host name, made into a valid node name.
+fn default_name() -> String {
+    let host = gethostname::gethostname().to_string_lossy().to_lowercase();
+    let cleaned: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if cleaned.is_empty() {
+        "node".into()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests;

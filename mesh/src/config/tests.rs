@@ -1,0 +1,156 @@
+use super::*;
+
+fn load(args: NodeArgs) -> Result<Config, ConfigError> {
+    Config::load(args, |_| None)
+}
+
+fn with_file(text: &str) -> (tempfile::TempDir, NodeArgs) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, text).unwrap();
+    let args = NodeArgs {
+        config: Some(path),
+        ..NodeArgs::default()
+    };
+    (dir, args)
+}
+
+#[test]
+fn no_settings_at_all_give_a_working_development_node() {
+    let config = load(NodeArgs {
+        name: Some("dev".into()),
+        ..NodeArgs::default()
+    })
+    .unwrap();
+    assert_eq!(config.cluster, DEFAULT_CLUSTER);
+    assert_eq!(config.zone, DEFAULT_ZONE);
+    assert_eq!(config.nats, vec![DEFAULT_NATS.to_owned()]);
+    assert_eq!(config.advertise, config.listen);
+    assert!(config.secret.is_development());
+}
+
+#[test]
+fn flags_override_the_file() {
+    let (_dir, mut args) = with_file(
+        "cluster = \"prod\"\nzone = \"fr-par-1\"\nkind = \"elastic-metal\"\n\
+         capabilities = [\"gpu\", \"gpu\"]\nname = \"par1-a\"\n",
+    );
+    args.zone = Some("nl-ams-2".into());
+    let config = load(args).unwrap();
+    assert_eq!(config.cluster, "prod");
+    assert_eq!(config.zone, "nl-ams-2");
+    assert_eq!(config.kind, NodeKind::ElasticMetal);
+    assert_eq!(config.capabilities, vec!["gpu".to_owned()]);
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_its_line() {
+    let (_dir, args) = with_file("cluster = \"prod\"\nnmae = \"x\"\n");
+    let err = load(args).unwrap_err().to_string();
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("unknown field `nmae`"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
+#[test]
+fn bad_values_are_refused_naming_key_and_value() {
+    let cases: Vec<(NodeArgs, &str)> = vec![
+        (
+            NodeArgs {
+                kind: Some("vm".into()),
+                ..NodeArgs::default()
+            },
+            "invalid value \"vm\" for kind",
+        ),
+        (
+            NodeArgs {
+                zone: Some("paris".into()),
+                ..NodeArgs::default()
+            },
+            "invalid value \"paris\" for zone",
+        ),
+        (
+            NodeArgs {
+                cluster: Some("Prod!".into()),
+                ..NodeArgs::default()
+            },
+            "invalid value \"Prod!\" for cluster",
+        ),
+        (
+            NodeArgs {
+                listen: Some("localhost".into()),
+                ..NodeArgs::default()
+            },
+            "invalid value \"localhost\" for listen",
+        ),
+        (
+            NodeArgs {
+                listen: Some("0.0.0.0:7400".into()),
+                ..NodeArgs::default()
+            },
+            "for advertise: required when listen is 0.0.0.0:7400",
+        ),
+        (
+            NodeArgs {
+                heartbeat: Some("soon".into()),
+                ..NodeArgs::default()
+            },
+            "invalid value \"soon\" for heartbeat",
+        ),
+        (
+            NodeArgs {
+                nats: Some(vec!["http://example:4222".into()]),
+                ..NodeArgs::default()
+            },
+            "invalid value \"http://example:4222\" for nats",
+        ),
+        (
+            NodeArgs {
+                max_message_bytes: Some(1 << 30),
+                ..NodeArgs::default()
+            },
+            "invalid value \"1073741824\" for max_message_bytes",
+        ),
+        (
+            NodeArgs {
+                secret_file: Some("/nonexistent/secret".into()),
+                ..NodeArgs::default()
+            },
+            "cannot read secret_file /nonexistent/secret",
+        ),
+    ];
+    for (mut args, expected) in cases {
+        args.name = Some("n".into());
+        let err = load(args).unwrap_err().to_string();
+        assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+#[test]
+fn the_secret_comes_from_its_file_and_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, "s3cr3t-value\n").unwrap();
+    let config = load(NodeArgs {
+        name: Some("n".into()),
+        secret_file: Some(path),
+        ..NodeArgs::default()
+    })
+    .unwrap();
+    assert_eq!(config.secret.expose(), "s3cr3t-value");
+    assert!(!format!("{config:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn the_secret_may_come_from_the_environment() {
+    let config = Config::load(
+        NodeArgs {
+            name: Some("n".into()),
+            ..NodeArgs::default()
+        },
+        |key| (key == "MESH_SECRET").then(|| "from-env".to_owned()),
+    )
+    .unwrap();
+    assert_eq!(config.secret.expose(), "from-env");
+}

@@ -1,0 +1,325 @@
+//! The gateway: the way into the mesh from outside, as JSON over NATS.
+//!
+//! Any NATS client can call an agent: a request on `mesh.<cluster>.gateway`
+//! (served by one node of the cluster) or `mesh.<cluster>.node.<n>.gateway`
+//! (served by node `n`) with a [`CallRequest`] body gets a [`Response`].
+//! Operator queries ([`AdminRequest`]) use the `admin` subjects the same way.
+//! A bad request gets an error response naming the problem; it never
+//! disturbs the node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::{AgentId, CallError};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::directory::Location;
+use crate::metrics::StatsSnapshot;
+use crate::node::Shared;
+use crate::subjects;
+
+/// The gateway request format this build speaks.
+pub const GATEWAY_VERSION: u16 = 1;
+
+/// A call from outside: `{"agent": "counter/alice", "msg": {"add": 5}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallRequest {
+    /// The request format version; absent means 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<u16>,
+    /// The target agent, `kind/name`.
+    pub agent: String,
+    /// The message, in the agent kind's JSON form.
+    pub msg: serde_json::Value,
+    /// How long to wait for the reply; absent means the node's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Fire and forget: answer `{"ok": null}` once the message is sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cast: bool,
+}
+
+/// An operator query: `{"op": "members"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AdminRequest {
+    /// The answering node's member list, itself included.
+    Members,
+    /// The agents live on the answering node.
+    Agents,
+    /// Where the answering node would send a message for `agent`.
+    Locate {
+        /// The agent, `kind/name`.
+        agent: String,
+    },
+    /// The answering node's counters.
+    Stats,
+}
+
+/// Every gateway answer: `{"ok": ...}` or `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Response {
+    /// The reply.
+    Ok(serde_json::Value),
+    /// Why there is no reply.
+    Error(ErrorBody),
+}
+
+/// What went wrong, with a stable code and a readable message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable code: `bad_request`, `unknown_kind`, `timeout`, ...
+    pub code: String,
+    /// One readable line.
+    pub message: String,
+}
+
+impl Response {
+    fn error(code: &str, message: impl Into<String>) -> Self {
+        Response::Error(ErrorBody {
+            code: code.into(),
+            message: message.into(),
+        })
+    }
+}
+
+impl From<CallError> for Response {
+    fn from(e: CallError) -> Self {
+        Response::error(e.code(), e.to_string())
+    }
+}
+
+/// One member as `meshctl members` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    /// The node's name.
+    pub name: String,
+    /// Its zone.
+    pub zone: String,
+    /// Its kind of host.
+    pub kind: String,
+    /// Its capability labels.
+    pub capabilities: Vec<String>,
+    /// `alive` or `suspect`.
+    pub status: String,
+    /// Whether the answering node has a link to it (true for itself).
+    pub linked: bool,
+    /// Its link address.
+    pub address: String,
+    /// Its release.
+    pub software: String,
+    /// Seconds since it started.
+    pub age_s: u64,
+    /// Whether this is the answering node.
+    #[serde(default)]
+    pub this: bool,
+}
+
+/// The answer to [`AdminRequest::Members`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembersReply {
+    /// The answering node.
+    pub node: String,
+    /// Every member, the answering node included, by name.
+    pub members: Vec<MemberView>,
+}
+
+/// The answer to [`AdminRequest::Agents`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentsReply {
+    /// The answering node.
+    pub node: String,
+    /// Its live agents.
+    pub agents: Vec<String>,
+}
+
+/// Subscribes to the gateway and admin subjects and serves them.
+pub(crate) async fn spawn(
+    shared: Arc<Shared>,
+    nats: async_nats::Client,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let c = &shared.config;
+    let queue = subjects::GATEWAY_QUEUE.to_owned();
+    let calls = futures::stream::select(
+        nats.queue_subscribe(subjects::gateway(&c.cluster), queue.clone())
+            .await?,
+        nats.subscribe(subjects::node_gateway(&c.cluster, &c.name))
+            .await?,
+    );
+    let admin = futures::stream::select(
+        nats.queue_subscribe(subjects::admin(&c.cluster), queue)
+            .await?,
+        nats.subscribe(subjects::node_admin(&c.cluster, &c.name))
+            .await?,
+    );
+    let tagged = futures::stream::select(calls.map(|m| (false, m)), admin.map(|m| (true, m)));
+    Ok(tokio::spawn(serve(shared, nats, tagged)))
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    nats: async_nats::Client,
+    mut requests: impl futures::Stream<Item = (bool, async_nats::Message)> + Unpin,
+) {
+    while let Some((is_admin, msg)) = requests.next().await {
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let shared = shared.clone();
+        let nats = nats.clone();
+        tokio::spawn(async move {
+            let response = if is_admin {
+                admin(&shared, &msg.payload)
+            } else {
+                call(&shared, &msg.payload).await
+            };
+            shared.stats.gateway_requests.inc();
+            if let Response::Error(e) = &response {
+                shared.stats.gateway_errors.inc();
+                debug!(code = %e.code, message = %e.message, "gateway request failed");
+            }
+            let body = serde_json::to_vec(&response).expect("responses encode");
+            if let Err(e) = nats.publish(reply_to, body.into()).await {
+                warn!(error = %e, "cannot send a gateway reply");
+            }
+        });
+    }
+}
+
+/// Serves one call request.
+pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
+    // JSON text is larger than its encoding, so twice the cap is generous.
+    let limit = shared.config.max_message_bytes.saturating_mul(2);
+    if body.len() > limit {
+        return Response::error(
+            "too_large",
+            format!(
+                "request of {} bytes exceeds the limit of {limit} bytes",
+                body.len()
+            ),
+        );
+    }
+    let request: CallRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return Response::error("bad_request", format!("invalid request: {e}")),
+    };
+    if let Some(v) = request.v.filter(|v| *v != GATEWAY_VERSION) {
+        return Response::error(
+            "unsupported_version",
+            format!("request version {v} is not supported (this node speaks {GATEWAY_VERSION})"),
+        );
+    }
+    let to: AgentId = match request.agent.parse() {
+        Ok(id) => id,
+        Err(e) => return Response::error("bad_request", e.to_string()),
+    };
+    let kind = match shared.registry.kind_of(&to) {
+        Ok(kind) => kind.clone(),
+        Err(e) => return e.into(),
+    };
+    let payload = match kind.message_from_json(&to, &request.msg) {
+        Ok(p) => p,
+        Err(e) => return e.into(),
+    };
+    if request.cast {
+        return match shared.cast(to, payload) {
+            Ok(()) => Response::Ok(serde_json::Value::Null),
+            Err(e) => e.into(),
+        };
+    }
+    let timeout = request
+        .timeout_ms
+        .map_or(shared.config.call_timeout, Duration::from_millis);
+    match shared.call(to.clone(), payload, timeout).await {
+        Ok(reply) => match kind.reply_to_json(&to, &reply) {
+            Ok(json) => Response::Ok(json),
+            Err(e) => e.into(),
+        },
+        Err(e) => e.into(),
+    }
+}
+
+/// Serves one operator query.
+pub(crate) fn admin(shared: &Shared, body: &[u8]) -> Response {
+    let request: AdminRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return Response::error("bad_request", format!("invalid request: {e}")),
+    };
+    let value = match request {
+        AdminRequest::Members => serde_json::to_value(members(shared)),
+        AdminRequest::Agents => serde_json::to_value(AgentsReply {
+            node: shared.config.name.clone(),
+            agents: shared
+                .directory
+                .names()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        }),
+        AdminRequest::Locate { agent } => {
+            let id: AgentId = match agent.parse() {
+                Ok(id) => id,
+                Err(e) => return Response::error("bad_request", e.to_string()),
+            };
+            let node = match shared.locate(&id) {
+                Location::Local => shared.config.name.clone(),
+                Location::Remote(node) => node,
+            };
+            Ok(serde_json::json!({ "node": node }))
+        }
+        AdminRequest::Stats => {
+            let snapshot: StatsSnapshot = shared.stats.snapshot(shared.directory.len());
+            serde_json::to_value(snapshot)
+        }
+    };
+    Response::Ok(value.expect("admin replies encode"))
+}
+
+fn members(shared: &Shared) -> MembersReply {
+    let now = Instant::now();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let age = |started_ms: u64| now_ms.saturating_sub(started_ms) / 1000;
+    let links = shared.links.read().expect("link table lock");
+    let view = shared.members.read().expect("members lock");
+    let me = shared.announcement();
+    let mut out = vec![MemberView {
+        name: me.name,
+        zone: me.zone,
+        kind: me.kind.to_string(),
+        capabilities: me.capabilities,
+        status: "alive".into(),
+        linked: true,
+        address: me.link.to_string(),
+        software: me.software,
+        age_s: age(me.started_ms),
+        this: true,
+    }];
+    for member in view.iter() {
+        let info = &member.info;
+        let status = serde_json::to_value(view.status(member, now)).expect("status encodes");
+        out.push(MemberView {
+            name: info.name.clone(),
+            zone: info.zone.clone(),
+            kind: info.kind.to_string(),
+            capabilities: info.capabilities.clone(),
+            status: status.as_str().unwrap_or("alive").to_owned(),
+            linked: links.contains_key(&info.name),
+            address: info.link.to_string(),
+            software: info.software.clone(),
+            age_s: age(info.started_ms),
+            this: false,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    MembersReply {
+        node: shared.config.name.clone(),
+        members: out,
+    }
+}

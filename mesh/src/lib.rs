@@ -1,0 +1,86 @@
+//! The agent-mesh node runtime.
+//!
+//! A node joins its cluster through NATS, links to every peer with
+//! `ractor_cluster`, and hosts some of the cluster's agents. Layout, in the
+//! order data flows through a node:
+//! - [`config`]: file, environment and flags, checked at start;
+//! - [`discovery`]: announcements and goodbyes on NATS;
+//! - [`membership`]: which nodes are alive, as this node sees it;
+//! - [`link`]: one authenticated cluster link per pair of nodes;
+//! - [`wire`]: the versioned frames links carry;
+//! - [`directory`]: where an agent lives (live here, or placed);
+//! - [`supervision`]: agents as actors under a per-node supervisor;
+//! - [`gateway`]: JSON over NATS request/reply, the way in from outside;
+//! - [`subjects`]: every NATS subject in one place;
+//! - [`metrics`]: what a node counts about itself;
+//! - [`node`]: the parts put together, and how a message is routed.
+//!
+//! The binary codec lives in [`actors::codec`], the lowest crate that needs
+//! it, so agents and links share one encoding.
+
+pub mod config;
+pub mod directory;
+pub mod discovery;
+pub mod gateway;
+pub mod link;
+pub mod membership;
+pub mod metrics;
+pub mod node;
+pub mod subjects;
+pub mod supervision;
+pub mod wire;
+
+pub use config::{Config, ConfigError, NodeArgs};
+pub use node::Node;
+
+use std::time::Duration;
+
+/// This build's release, as announced to peers.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long a first connection to NATS may take before giving up.
+pub const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to the first reachable of `urls`.
+///
+/// Once connected, the client reconnects by itself for as long as the
+/// process lives; only the first connection can fail.
+pub async fn connect_nats(
+    urls: &[String],
+    client_name: &str,
+) -> anyhow::Result<async_nats::Client> {
+    let addrs = urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("invalid NATS URL: {e}"))?;
+    async_nats::ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(NATS_CONNECT_TIMEOUT)
+        .connect(addrs)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach NATS at {}: {e}", urls.join(",")))
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global `tracing` subscriber (binaries only): `RUST_LOG`
+/// selects what is logged, `info` when unset.
+pub fn install_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,481 @@
+//! Links: one authenticated `ractor_cluster` connection per pair of nodes.
+//!
+//! Each node runs a `NodeServer` (the cluster secret is its cookie) and an
+//! endpoint actor that joins the process group `<cluster>/<node>`; groups
+//! are shared over links, so a peer's endpoint appears here as a remote
+//! actor and frames are cast to it. The protocol:
+//! 1. membership says a peer joined; the node whose name sorts first dials,
+//!    so a pair makes one link, and redials with backoff and jitter;
+//! 2. `ractor_cluster` authenticates both ends with the secret and reports
+//!    the session ready;
+//! 3. each side sends [`Hello`] to the peer's endpoint and marks the link up
+//!    when the peer's hello arrives and a common frame version exists;
+//! 4. a dropped session, or the peer leaving membership, takes the link
+//!    down and fails every call waiting on it, so no call outlives its link.
+//!
+//! The invariant: a link is in the table only between the peer's hello and
+//! the session's end, so a frame sent on it reaches that incarnation or
+//! fails the caller.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef};
+use ractor_cluster::node::NodeConnectionMode;
+use ractor_cluster::{BytesConvertable, NodeEventSubscription, NodeServer, NodeServerMessage};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::membership::Change;
+use crate::node::Shared;
+use crate::wire::{self, Hello, Incoming};
+
+/// The first redial delay; it doubles up to [`MAX_REDIAL_DELAY`].
+const FIRST_REDIAL_DELAY: Duration = Duration::from_millis(300);
+/// The longest redial delay.
+const MAX_REDIAL_DELAY: Duration = Duration::from_secs(5);
+/// How often the manager looks for peers to dial.
+const DIAL_TICK: Duration = Duration::from_millis(100);
+
+/// Raw bytes of one frame, as cast to a peer's endpoint.
+#[derive(Debug)]
+pub struct LinkFrame(pub Vec<u8>);
+
+impl BytesConvertable for LinkFrame {
+    fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        LinkFrame(bytes)
+    }
+}
+
+/// A usable link to a peer.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    /// The peer's endpoint actor (remote).
+    pub(crate) endpoint: ActorRef<LinkFrame>,
+    /// The frame version both ends speak.
+    pub(crate) version: u16,
+    /// The peer's incarnation, from its hello.
+    pub(crate) incarnation: u64,
+}
+
+/// The process group of a node's endpoint.
+pub(crate) fn group(cluster: &str, node: &str) -> String {
+    format!("{cluster}/{node}")
+}
+
+/// What the link manager reacts to.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    /// Membership changed.
+    Member(Change),
+    /// A `ractor_cluster` session changed state.
+    Session(SessionEvent),
+    /// A peer's hello arrived on our endpoint.
+    Hello(Hello),
+    /// The node is stopping.
+    Shutdown,
+}
+
+/// A `ractor_cluster` session event, reduced to what we use.
+#[derive(Debug)]
+pub(crate) struct SessionEvent {
+    state: SessionState,
+    session: ActorId,
+    peer: Option<String>,
+    address: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionState {
+    Opened,
+    Authenticated,
+    Ready,
+    Closed,
+}
+
+/// Forwards `NodeServer` events to the manager's channel.
+struct EventForwarder(mpsc::UnboundedSender<LinkEvent>);
+
+impl EventForwarder {
+    fn send(&self, state: SessionState, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        let _ = self.0.send(LinkEvent::Session(SessionEvent {
+            state,
+            session: ses.actor.get_id(),
+            // ractor_cluster names a peer `<node>@<host>`; we want `<node>`.
+            peer: ses
+                .peer_name
+                .map(|n| n.name.split('@').next().unwrap_or_default().to_owned()),
+            address: ses.peer_addr,
+        }));
+    }
+}
+
+impl NodeEventSubscription for EventForwarder {
+    fn node_session_opened(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        self.send(SessionState::Opened, ses);
+    }
+
+    fn node_session_disconnected(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        self.send(SessionState::Closed, ses);
+    }
+
+    fn node_session_authenticated(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        self.send(SessionState::Authenticated, ses);
+    }
+
+    fn node_session_ready(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        self.send(SessionState::Ready, ses);
+    }
+}
+
+/// The actor that receives every frame peers send to this node.
+pub(crate) struct Endpoint;
+
+impl Actor for Endpoint {
+    type Msg = LinkFrame;
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<LinkFrame>,
+        shared: Arc<Shared>,
+    ) -> Result<Arc<Shared>, ActorProcessingErr> {
+        let group = group(&shared.config.cluster, &shared.config.name);
+        ractor::pg::join(group, vec![myself.get_cell()]);
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<LinkFrame>,
+        frame: LinkFrame,
+        shared: &mut Arc<Shared>,
+    ) -> Result<(), ActorProcessingErr> {
+        shared.stats.frames_in.inc();
+        match wire::decode(&frame.0) {
+            Ok(Incoming::Hello(hello)) => {
+                let _ = shared.link_events.send(LinkEvent::Hello(hello));
+            }
+            Ok(Incoming::Frame(frame)) => shared.receive(frame),
+            // A bad frame is the sender's bug or an attack; dropping it
+            // keeps every other call on the link going.
+            Err(e) => warn!(error = %e, bytes = frame.0.len(), "dropped a bad link frame"),
+        }
+        Ok(())
+    }
+}
+
+/// Dial bookkeeping for one peer this node is responsible for dialing.
+#[derive(Debug)]
+struct Dial {
+    next: Instant,
+    attempt: u32,
+}
+
+/// Everything the manager knows about sessions and dials.
+struct Manager {
+    shared: Arc<Shared>,
+    server: ActorRef<NodeServerMessage>,
+    sessions: HashMap<ActorId, SessionEvent>,
+    dials: HashMap<String, Dial>,
+}
+
+/// Starts the link listener and the manager task.
+pub(crate) async fn spawn(
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+) -> anyhow::Result<(ActorRef<NodeServerMessage>, ActorRef<LinkFrame>)> {
+    let config = &shared.config;
+    let server = NodeServer::new(
+        config.listen.port(),
+        config.secret.expose().to_owned(),
+        config.name.clone(),
+        config.advertise.ip().to_string(),
+        None,
+        Some(NodeConnectionMode::Isolated),
+    )
+    .with_listen_addr(config.listen.ip())
+    .with_max_inbound_frame_size(wire::MAX_FRAME_BYTES as u64);
+    let (server, _) = Actor::spawn(None, server, ())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the link listener on {}: {e}", config.listen))?;
+    server.cast(NodeServerMessage::SubscribeToEvents {
+        id: "mesh-links".into(),
+        subscription: Box::new(EventForwarder(shared.link_events.clone())),
+    })?;
+    let (endpoint, _) = Actor::spawn(None, Endpoint, shared.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the link endpoint: {e}"))?;
+
+    let manager = Manager {
+        shared,
+        server: server.clone(),
+        sessions: HashMap::new(),
+        dials: HashMap::new(),
+    };
+    tokio::spawn(manager.run(events));
+    Ok((server, endpoint))
+}
+
+impl Manager {
+    async fn run(mut self, mut events: mpsc::UnboundedReceiver<LinkEvent>) {
+        let mut tick = tokio::time::interval(DIAL_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(LinkEvent::Member(change)) => self.member_changed(change),
+                    Some(LinkEvent::Session(event)) => self.session_changed(event),
+                    Some(LinkEvent::Hello(hello)) => self.hello_received(hello),
+                    Some(LinkEvent::Shutdown) | None => break,
+                },
+                _ = tick.tick() => self.dial_due(),
+            }
+        }
+        debug!("link manager stopped");
+    }
+
+    fn member_changed(&mut self, change: Change) {
+        match change {
+            Change::Joined(info) => {
+                if self.shared.config.name < info.name {
+                    self.dials.insert(
+                        info.name,
+                        Dial {
+                            next: Instant::now(),
+                            attempt: 0,
+                        },
+                    );
+                }
+            }
+            Change::Left { name, .. } => {
+                self.dials.remove(&name);
+                self.drop_link(&name, "peer left the membership");
+                // Close the session too: a frozen peer keeps its socket open,
+                // and its next incarnation must not inherit it.
+                for (id, session) in &self.sessions {
+                    if session.peer.as_deref() == Some(name.as_str()) {
+                        if let Some(cell) = ractor::registry::where_is_pid(*id) {
+                            cell.stop(Some("peer left".into()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn session_changed(&mut self, event: SessionEvent) {
+        match event.state {
+            SessionState::Opened => {
+                debug!(address = %event.address, "link session opened");
+                self.sessions.insert(event.session, event);
+            }
+            SessionState::Authenticated => {
+                if let Some(known) = self.sessions.get_mut(&event.session) {
+                    known.state = SessionState::Authenticated;
+                    known.peer = event.peer;
+                }
+            }
+            SessionState::Ready => self.session_ready(event),
+            SessionState::Closed => self.session_closed(event),
+        }
+    }
+
+    fn session_ready(&mut self, event: SessionEvent) {
+        let Some(peer) = event.peer.clone() else {
+            return;
+        };
+        if let Some(known) = self.sessions.get_mut(&event.session) {
+            known.state = SessionState::Ready;
+            known.peer = Some(peer.clone());
+        }
+        let Some(endpoint) = self.remote_endpoint(&peer) else {
+            warn!(peer = %peer, "link ready but the peer's endpoint is not known");
+            return;
+        };
+        let hello = Hello {
+            node: self.shared.config.name.clone(),
+            incarnation: self.shared.incarnation,
+            min_version: wire::MIN_WIRE_VERSION,
+            max_version: wire::MAX_WIRE_VERSION,
+            software: crate::SOFTWARE_VERSION.into(),
+        };
+        if endpoint
+            .cast(LinkFrame(wire::encode_hello(&hello)))
+            .is_err()
+        {
+            warn!(peer = %peer, "could not send hello");
+        }
+    }
+
+    fn session_closed(&mut self, event: SessionEvent) {
+        let known = self.sessions.remove(&event.session);
+        let authenticated = known
+            .as_ref()
+            .is_some_and(|s| s.state != SessionState::Opened);
+        let peer = event.peer.or(known.and_then(|s| s.peer));
+        if !authenticated {
+            warn!(
+                address = %event.address,
+                peer = peer.as_deref().unwrap_or("unknown"),
+                "link refused: authentication failed (do both nodes share the cluster secret?)"
+            );
+            return;
+        }
+        if let Some(peer) = peer {
+            // Another session to the same peer may have won an election.
+            let other = self.sessions.values().any(|s| {
+                s.peer.as_deref() == Some(peer.as_str()) && s.state == SessionState::Ready
+            });
+            if !other {
+                self.drop_link(&peer, "session closed");
+            }
+        }
+    }
+
+    fn hello_received(&mut self, hello: Hello) {
+        let Some(version) = wire::negotiate(hello.min_version, hello.max_version) else {
+            warn!(
+                peer = %hello.node,
+                peer_software = %hello.software,
+                peer_versions = %format!("{}..={}", hello.min_version, hello.max_version),
+                our_versions = %format!("{}..={}", wire::MIN_WIRE_VERSION, wire::MAX_WIRE_VERSION),
+                "link refused: no common frame version"
+            );
+            self.close_sessions(&hello.node);
+            return;
+        };
+        let Some(endpoint) = self.remote_endpoint(&hello.node) else {
+            warn!(peer = %hello.node, "hello from a peer whose endpoint is not known");
+            return;
+        };
+        let link = Link {
+            endpoint,
+            version,
+            incarnation: hello.incarnation,
+        };
+        let replaced = self
+            .shared
+            .links
+            .write()
+            .expect("link table lock")
+            .insert(hello.node.clone(), link);
+        self.dials.remove(&hello.node);
+        if replaced.is_none() {
+            self.shared.stats.links_up.inc();
+            info!(peer = %hello.node, version, software = %hello.software, "link up");
+        }
+    }
+
+    fn drop_link(&mut self, peer: &str, why: &str) {
+        let removed = self
+            .shared
+            .links
+            .write()
+            .expect("link table lock")
+            .remove(peer);
+        if removed.is_some() {
+            self.shared.stats.links_up.dec();
+            info!(peer = %peer, reason = why, "link lost");
+        }
+        self.shared.fail_calls_to(peer);
+        let still_member = self
+            .shared
+            .members
+            .read()
+            .expect("members lock")
+            .get(peer)
+            .is_some();
+        if still_member && self.shared.config.name.as_str() < peer {
+            self.dials.entry(peer.to_owned()).or_insert(Dial {
+                next: Instant::now() + FIRST_REDIAL_DELAY,
+                attempt: 1,
+            });
+        }
+    }
+
+    fn close_sessions(&self, peer: &str) {
+        for (id, session) in &self.sessions {
+            if session.peer.as_deref() == Some(peer) {
+                if let Some(cell) = ractor::registry::where_is_pid(*id) {
+                    cell.stop(Some("incompatible".into()));
+                }
+            }
+        }
+    }
+
+    /// The peer's endpoint, as the remote actor its group holds here.
+    fn remote_endpoint(&self, peer: &str) -> Option<ActorRef<LinkFrame>> {
+        let group = group(&self.shared.config.cluster, peer);
+        ractor::pg::get_members(&group)
+            .into_iter()
+            .find(|cell: &ActorCell| !cell.get_id().is_local())
+            .map(ActorRef::from)
+    }
+
+    fn dial_due(&mut self) {
+        let now = Instant::now();
+        let links = self.shared.links.read().expect("link table lock").clone();
+        let members = self.shared.members.read().expect("members lock");
+        for (peer, dial) in self.dials.iter_mut() {
+            if dial.next > now || links.contains_key(peer) {
+                continue;
+            }
+            let busy = self
+                .sessions
+                .values()
+                .any(|s| s.peer.as_deref() == Some(peer.as_str()));
+            let Some(member) = members.get(peer) else {
+                continue;
+            };
+            if busy {
+                continue;
+            }
+            dial.attempt += 1;
+            dial.next = now + redial_delay(dial.attempt);
+            let address = member.info.link.to_string();
+            let server = self.server.clone();
+            let peer = peer.clone();
+            let attempt = dial.attempt;
+            tokio::spawn(async move {
+                debug!(peer = %peer, address = %address, attempt, "dialing");
+                if let Err(e) = ractor_cluster::client_connect(&server, address.as_str()).await {
+                    if attempt <= 3 || attempt % 20 == 0 {
+                        warn!(peer = %peer, address = %address, attempt, error = %e, "cannot dial peer");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// The delay before dial attempt `attempt + 1`: exponential, with jitter so
+/// that nodes restarting together do not dial in lockstep.
+fn redial_delay(attempt: u32) -> Duration {
+    let base = FIRST_REDIAL_DELAY.saturating_mul(1 << attempt.min(6).saturating_sub(1));
+    let base = base.min(MAX_REDIAL_DELAY);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    base.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redial_delay_grows_then_stops_growing() {
+        let d1 = redial_delay(1);
+        assert!(d1 >= FIRST_REDIAL_DELAY.mul_f64(0.8) && d1 <= FIRST_REDIAL_DELAY.mul_f64(1.2));
+        assert!(redial_delay(3) > FIRST_REDIAL_DELAY.mul_f64(1.2 * 2.0));
+        for attempt in [8, 30, u32::MAX] {
+            assert!(redial_delay(attempt) <= MAX_REDIAL_DELAY.mul_f64(1.2));
+        }
+    }
+}

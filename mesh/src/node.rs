@@ -1,0 +1,440 @@
+//! A node: what it shares between its parts, and how a message is routed.
+//!
+//! Routing a call, in order:
+//! 1. the encoded message is checked against the size cap, so an oversized
+//!    one fails at the sender and never reaches a link;
+//! 2. the directory says where the agent lives: live here, or placed by
+//!    rendezvous hashing over this node and the peers it has a link to;
+//! 3. here: the message goes to the agent's actor (activated if needed);
+//!    elsewhere: a `Call` frame goes over the link and the reply slot waits
+//!    in `pending` under a fresh id;
+//! 4. the reply, the deadline, or the loss of the link ends the wait,
+//!    whichever comes first; a late reply finds no slot and is dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actors::{AgentId, CallError, Caller, Registry};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use ractor::{Actor, ActorRef};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::directory::{Directory, Location};
+use crate::link::{self, Link, LinkEvent, LinkFrame};
+use crate::membership::{Announcement, Membership, ANNOUNCEMENT_VERSION};
+use crate::metrics::Stats;
+use crate::supervision::{Delivery, ReplySlot, ReplyTo, Supervisor, SupervisorMessage};
+use crate::wire::{self, Frame};
+use crate::{discovery, gateway};
+
+/// A call waiting for its reply from another node.
+#[derive(Debug)]
+struct Pending {
+    node: String,
+    agent: String,
+    reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
+}
+
+/// State shared by every part of a node.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) incarnation: u64,
+    pub(crate) started_ms: u64,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) members: RwLock<Membership>,
+    pub(crate) links: RwLock<HashMap<String, Link>>,
+    pub(crate) directory: Directory,
+    pub(crate) stats: Stats,
+    pub(crate) link_events: mpsc::UnboundedSender<LinkEvent>,
+    name: Arc<str>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_call: AtomicU64,
+    supervisor: OnceLock<ActorRef<SupervisorMessage>>,
+    me: Weak<Shared>,
+}
+
+/// The mesh as seen from code running on one node.
+#[derive(Debug, Clone)]
+struct NodeCaller(Weak<Shared>);
+
+impl Caller for NodeCaller {
+    fn call(
+        &self,
+        to: AgentId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, CallError>> {
+        let shared = self.0.upgrade();
+        async move {
+            match shared {
+                Some(shared) => shared.call(to, payload, timeout).await,
+                None => Err(stopping(&to)),
+            }
+        }
+        .boxed()
+    }
+
+    fn cast(&self, to: AgentId, payload: Vec<u8>) -> Result<(), CallError> {
+        match self.0.upgrade() {
+            Some(shared) => shared.cast(to, payload),
+            None => Err(stopping(&to)),
+        }
+    }
+}
+
+fn stopping(to: &AgentId) -> CallError {
+    CallError::Unavailable {
+        agent: to.to_string(),
+        reason: "the node is stopping".into(),
+    }
+}
+
+impl Shared {
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    /// A [`Caller`] for agents on this node.
+    pub(crate) fn caller(&self) -> Arc<dyn Caller> {
+        Arc::new(NodeCaller(self.me.clone()))
+    }
+
+    /// This node's announcement.
+    pub(crate) fn announcement(&self) -> Announcement {
+        let c = &self.config;
+        Announcement {
+            v: ANNOUNCEMENT_VERSION,
+            name: c.name.clone(),
+            zone: c.zone.clone(),
+            kind: c.kind,
+            capabilities: c.capabilities.clone(),
+            link: c.advertise,
+            software: crate::SOFTWARE_VERSION.into(),
+            wire_min: wire::MIN_WIRE_VERSION,
+            wire_max: wire::MAX_WIRE_VERSION,
+            incarnation: self.incarnation,
+            started_ms: self.started_ms,
+        }
+    }
+
+    /// Where agent `id` lives, or `None` if no node can host it.
+    pub(crate) fn locate(&self, id: &AgentId) -> Location {
+        if self.directory.live(id).is_some() {
+            return Location::Local;
+        }
+        let key = id.to_string();
+        let links = self.links.read().expect("link table lock");
+        let mut candidates: Vec<&str> = Vec::with_capacity(links.len() + 1);
+        candidates.push(&self.config.name);
+        candidates.extend(links.keys().map(String::as_str));
+        match topology::place(&key, &candidates) {
+            Some(node) if *node != self.config.name => Location::Remote((*node).to_owned()),
+            _ => Location::Local,
+        }
+    }
+
+    fn check_size(&self, payload: &[u8]) -> Result<(), CallError> {
+        let max = self.config.max_message_bytes;
+        if payload.len() > max {
+            return Err(CallError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Calls agent `to` and waits at most `timeout` for its reply.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the call: its pending slot is removed
+    /// when the reply or the link loss comes, and nothing else is held.
+    pub(crate) async fn call(
+        &self,
+        to: AgentId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        self.check_size(&payload)?;
+        self.registry.kind_of(&to)?;
+        let (tx, rx) = oneshot::channel();
+        let agent = to.to_string();
+        let id = match self.locate(&to) {
+            Location::Local => {
+                let reply = ReplySlot::new(ReplyTo::Local(tx), self.strong());
+                self.deliver(Delivery { to, payload, reply });
+                None
+            }
+            Location::Remote(node) => Some(self.send_call(node, to, payload, timeout, tx)?),
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CallError::Internal {
+                reason: format!("the reply slot for {agent} was dropped"),
+            }),
+            Err(_) => {
+                if let Some(id) = id {
+                    self.pending.lock().expect("pending lock").remove(&id);
+                }
+                Err(CallError::Timeout {
+                    agent,
+                    ms: timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    fn send_call(
+        &self,
+        node: String,
+        to: AgentId,
+        payload: Vec<u8>,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
+    ) -> Result<u64, CallError> {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let agent = to.to_string();
+        let frame = Frame::Call {
+            id,
+            from: self.config.name.clone(),
+            to,
+            timeout_ms: timeout.as_millis() as u64,
+            payload,
+        };
+        self.pending.lock().expect("pending lock").insert(
+            id,
+            Pending {
+                node: node.clone(),
+                agent: agent.clone(),
+                reply,
+            },
+        );
+        if let Err(reason) = self.send_frame(&node, &frame) {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(CallError::Unavailable { agent, reason });
+        }
+        self.stats.calls_out.inc();
+        Ok(id)
+    }
+
+    /// Sends `payload` to `to` without waiting.
+    pub(crate) fn cast(&self, to: AgentId, payload: Vec<u8>) -> Result<(), CallError> {
+        self.check_size(&payload)?;
+        self.registry.kind_of(&to)?;
+        match self.locate(&to) {
+            Location::Local => {
+                let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
+                self.deliver(Delivery { to, payload, reply });
+                Ok(())
+            }
+            Location::Remote(node) => {
+                let agent = to.to_string();
+                self.send_frame(&node, &Frame::Cast { to, payload })
+                    .map_err(|reason| CallError::Unavailable { agent, reason })
+            }
+        }
+    }
+
+    /// Hands a message to a local agent, activating it if needed.
+    pub(crate) fn deliver(&self, delivery: Delivery) {
+        let delivery = match self.directory.live(&delivery.to) {
+            Some(actor) => match actor.send_message(delivery) {
+                Ok(()) => return,
+                // The agent stopped since the lookup: reactivate it.
+                Err(ractor::MessagingErr::SendErr(delivery)) => delivery,
+                Err(_) => return,
+            },
+            None => delivery,
+        };
+        let supervisor = self
+            .supervisor
+            .get()
+            .expect("supervisor starts before traffic");
+        if let Err(ractor::MessagingErr::SendErr(SupervisorMessage::Deliver(d))) =
+            supervisor.send_message(SupervisorMessage::Deliver(delivery))
+        {
+            d.reply.send(Err(stopping(&d.to)));
+        }
+    }
+
+    /// Sends a frame to `node` over its link.
+    pub(crate) fn send_frame(&self, node: &str, frame: &Frame) -> Result<(), String> {
+        let (endpoint, version) = {
+            let links = self.links.read().expect("link table lock");
+            let link = links
+                .get(node)
+                .ok_or_else(|| format!("no link to node {node}"))?;
+            (link.endpoint.clone(), link.version)
+        };
+        let bytes = wire::encode(version, frame).map_err(|e| e.to_string())?;
+        if bytes.len() > wire::MAX_FRAME_BYTES {
+            return Err(format!(
+                "frame of {} bytes is over the link limit",
+                bytes.len()
+            ));
+        }
+        endpoint
+            .cast(LinkFrame(bytes))
+            .map_err(|_| format!("link to node {node} is closing"))?;
+        self.stats.frames_out.inc();
+        Ok(())
+    }
+
+    /// Acts on a frame that arrived from a peer.
+    pub(crate) fn receive(&self, frame: Frame) {
+        match frame {
+            Frame::Call {
+                id,
+                from,
+                to,
+                payload,
+                ..
+            } => {
+                self.stats.calls_in.inc();
+                let reply = ReplySlot::new(ReplyTo::Remote { node: from, id }, self.strong());
+                self.deliver(Delivery { to, payload, reply });
+            }
+            Frame::Cast { to, payload } => {
+                let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
+                self.deliver(Delivery { to, payload, reply });
+            }
+            Frame::Reply { id, result } => {
+                let pending = self.pending.lock().expect("pending lock").remove(&id);
+                match pending {
+                    Some(p) => {
+                        let _ = p.reply.send(result);
+                    }
+                    None => debug!(id, "reply for a call that is no longer waiting"),
+                }
+            }
+            Frame::Ping { nonce, from } => {
+                let _ = self.send_frame(&from, &Frame::Pong { nonce });
+            }
+            Frame::Pong { .. } => {}
+        }
+    }
+
+    /// Fails every call waiting on `node`: its link is gone.
+    pub(crate) fn fail_calls_to(&self, node: &str) {
+        let failed: Vec<Pending> = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| p.node == node)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
+        };
+        for p in failed {
+            let _ = p.reply.send(Err(CallError::NodeLost {
+                agent: p.agent,
+                node: node.to_owned(),
+            }));
+        }
+    }
+
+    fn strong(&self) -> Arc<Shared> {
+        self.me.upgrade().expect("shared state outlives its users")
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    nats: async_nats::Client,
+    server: ActorRef<ractor_cluster::NodeServerMessage>,
+    endpoint: ActorRef<LinkFrame>,
+    supervisor: ActorRef<SupervisorMessage>,
+    discovery: discovery::Handle,
+    gateway: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Connects to NATS, opens the link listener and joins the cluster.
+    pub async fn start(config: Config, registry: Registry) -> anyhow::Result<Node> {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let started_ms = started.as_millis() as u64;
+        let incarnation = (started_ms << 16) | u64::from(rand::random::<u16>());
+        if config.secret.is_development() {
+            warn!("no cluster secret configured: using the development secret");
+        }
+
+        let nats = crate::connect_nats(&config.nats, &format!("mesh-node {}", config.name)).await?;
+        let (link_tx, link_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new_cyclic(|me| Shared {
+            members: RwLock::new(Membership::new(&config.name, config.member_timeout)),
+            name: Arc::from(config.name.as_str()),
+            config,
+            incarnation,
+            started_ms,
+            registry: Arc::new(registry),
+            links: RwLock::new(HashMap::new()),
+            directory: Directory::default(),
+            stats: Stats::default(),
+            link_events: link_tx,
+            pending: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
+            supervisor: OnceLock::new(),
+            me: me.clone(),
+        });
+
+        let (supervisor, _) = Actor::spawn(None, Supervisor, shared.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the supervisor: {e}"))?;
+        shared
+            .supervisor
+            .set(supervisor.clone())
+            .expect("supervisor is set once");
+        let (server, endpoint) = link::spawn(shared.clone(), link_rx).await?;
+        let gateway = gateway::spawn(shared.clone(), nats.clone()).await?;
+        let discovery = discovery::spawn(shared.clone(), nats.clone()).await?;
+        info!(
+            node = %shared.config.name,
+            cluster = %shared.config.cluster,
+            zone = %shared.config.zone,
+            link = %shared.config.advertise,
+            "node started"
+        );
+        Ok(Node {
+            shared,
+            nats,
+            server,
+            endpoint,
+            supervisor,
+            discovery,
+            gateway,
+        })
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    /// A way to call agents from code running on this node.
+    pub fn caller(&self) -> Arc<dyn Caller> {
+        self.shared.caller()
+    }
+
+    /// Leaves the cluster: says goodbye, then stops every part.
+    pub async fn shutdown(self) {
+        info!(node = %self.shared.config.name, "node stopping");
+        self.discovery.leave().await;
+        self.gateway.abort();
+        let _ = self.shared.link_events.send(LinkEvent::Shutdown);
+        self.supervisor.stop(None);
+        self.endpoint.stop(None);
+        self.server.stop(None);
+        let _ = self.nats.flush().await;
+        info!(node = %self.shared.config.name, "node stopped");
+    }
+}

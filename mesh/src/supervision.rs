@@ -1,0 +1,244 @@
+//! Supervision: live agents as actors, under one supervisor per node.
+//!
+//! The supervisor activates agents (spawns their actor, linked to itself)
+//! and hears when one stops or crashes. A crashed agent is removed from the
+//! directory; the next message activates it again with fresh state. Every
+//! message carries a [`ReplySlot`] that answers the caller exactly once: with
+//! the handler's result, or with [`CallError::Crashed`] if the handler
+//! panicked and the message was dropped unanswered.
+
+use std::sync::Arc;
+
+use actors::registry::Instance;
+use actors::{AgentId, CallError, Context};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::node::Shared;
+use crate::wire::Frame;
+
+/// Where the answer to a message goes.
+#[derive(Debug)]
+pub(crate) enum ReplyTo {
+    /// Nobody waits (a cast).
+    Nobody,
+    /// A caller on this node.
+    Local(oneshot::Sender<Result<Vec<u8>, CallError>>),
+    /// A caller on another node, by call id.
+    Remote {
+        /// The node waiting.
+        node: String,
+        /// Its call id.
+        id: u64,
+    },
+}
+
+/// Answers the caller exactly once, even if the handler panics.
+#[derive(Debug)]
+pub(crate) struct ReplySlot {
+    to: Option<ReplyTo>,
+    agent: Option<AgentId>,
+    shared: Arc<Shared>,
+}
+
+impl ReplySlot {
+    pub(crate) fn new(to: ReplyTo, shared: Arc<Shared>) -> Self {
+        ReplySlot {
+            to: Some(to),
+            agent: None,
+            shared,
+        }
+    }
+
+    /// Sends `result` to whoever waits.
+    pub(crate) fn send(mut self, result: Result<Vec<u8>, CallError>) {
+        if let Some(to) = self.to.take() {
+            deliver_reply(&self.shared, to, result);
+        }
+    }
+}
+
+impl Drop for ReplySlot {
+    fn drop(&mut self) {
+        if let Some(to) = self.to.take() {
+            let agent = self
+                .agent
+                .as_ref()
+                .map_or_else(|| "agent".to_owned(), |a| a.to_string());
+            deliver_reply(&self.shared, to, Err(CallError::Crashed { agent }));
+        }
+    }
+}
+
+fn deliver_reply(shared: &Shared, to: ReplyTo, result: Result<Vec<u8>, CallError>) {
+    match to {
+        ReplyTo::Nobody => {}
+        ReplyTo::Local(tx) => {
+            let _ = tx.send(result);
+        }
+        ReplyTo::Remote { node, id } => {
+            // The caller's deadline covers a lost reply; nothing to do here.
+            let _ = shared.send_frame(&node, &Frame::Reply { id, result });
+        }
+    }
+}
+
+/// One message for an agent.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) to: AgentId,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) reply: ReplySlot,
+}
+
+impl ractor::Message for Delivery {}
+
+/// A live agent: the actor that runs one agent's handler.
+struct AgentActor;
+
+struct AgentState {
+    instance: Box<dyn Instance>,
+    ctx: Context,
+}
+
+impl Actor for AgentActor {
+    type Msg = Delivery;
+    type State = AgentState;
+    type Arguments = AgentState;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Delivery>,
+        state: AgentState,
+    ) -> Result<AgentState, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Delivery>,
+        mut delivery: Delivery,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        delivery.reply.agent = Some(delivery.to);
+        let result = state.instance.handle(&state.ctx, &delivery.payload).await;
+        delivery.reply.send(result);
+        Ok(())
+    }
+}
+
+/// Requests to the supervisor.
+#[derive(Debug)]
+pub(crate) enum SupervisorMessage {
+    /// Deliver to an agent, activating it first if it is not live.
+    Deliver(Delivery),
+}
+
+impl ractor::Message for SupervisorMessage {}
+
+/// The parent of every live agent on a node.
+pub(crate) struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMessage;
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<SupervisorMessage>,
+        shared: Arc<Shared>,
+    ) -> Result<Arc<Shared>, ActorProcessingErr> {
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMessage>,
+        message: SupervisorMessage,
+        shared: &mut Arc<Shared>,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMessage::Deliver(delivery) => {
+                activate_and_deliver(shared, &myself, delivery).await
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<SupervisorMessage>,
+        event: SupervisionEvent,
+        shared: &mut Arc<Shared>,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                shared.directory.remove_actor(cell.get_id());
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                if let Some(agent) = shared.directory.remove_actor(cell.get_id()) {
+                    shared.stats.agent_crashes.inc();
+                    warn!(agent = %agent, error = %error, "agent crashed; it restarts on its next message");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn activate_and_deliver(
+    shared: &Arc<Shared>,
+    supervisor: &ActorRef<SupervisorMessage>,
+    delivery: Delivery,
+) {
+    // Another message may have activated the agent while this one queued.
+    if let Some(actor) = shared.directory.live(&delivery.to) {
+        if let Err(e) = actor.send_message(delivery) {
+            retry_delivery(shared, e);
+        }
+        return;
+    }
+    let kind = match shared.registry.kind_of(&delivery.to) {
+        Ok(kind) => kind.clone(),
+        Err(e) => return delivery.reply.send(Err(e)),
+    };
+    let ctx = Context::new(
+        delivery.to.clone(),
+        shared.name_arc(),
+        shared.caller(),
+        shared.registry.clone(),
+    );
+    let state = AgentState {
+        instance: kind.instantiate(),
+        ctx,
+    };
+    match Actor::spawn_linked(None, AgentActor, state, supervisor.get_cell()).await {
+        Ok((actor, _)) => {
+            shared.directory.insert(delivery.to.clone(), actor.clone());
+            shared.stats.activations.inc();
+            info!(agent = %delivery.to, "agent activated");
+            if let Err(e) = actor.send_message(delivery) {
+                retry_delivery(shared, e);
+            }
+        }
+        Err(e) => {
+            let reason = format!("cannot start agent: {e}");
+            delivery.reply.send(Err(CallError::Internal { reason }));
+        }
+    }
+}
+
+/// A delivery bounced off an agent that stopped meanwhile: answer the caller.
+fn retry_delivery(_: &Arc<Shared>, error: ractor::MessagingErr<Delivery>) {
+    if let ractor::MessagingErr::SendErr(delivery) = error {
+        debug!(agent = %delivery.to, "agent stopped before the message arrived");
+        let agent = delivery.to.to_string();
+        delivery.reply.send(Err(CallError::Unavailable {
+            agent,
+            reason: "the agent stopped; try again".into(),
+        }));
+    }
+}
