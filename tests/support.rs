@@ -1,0 +1,421 @@
+//! Test bed for whole-system tests: real `nats-server` and `mesh-node`
+//! processes on free loopback ports, torn down on drop, even on panic.
+//!
+//! Each process is started with a parent-death signal, so that nothing
+//! outlives a test binary that is killed. Waits poll for an event with a
+//! deadline and say what never came; there are no fixed sleeps.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::fs::File;
+use std::future::Future;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mesh::gateway::{AdminRequest, CallRequest, MemberView, MembersReply, Response};
+use mesh::metrics::StatsSnapshot;
+use mesh::subjects;
+
+/// The poll step of [`wait_until`].
+const POLL: Duration = Duration::from_millis(25);
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port is free")
+        .port()
+}
+
+/// Polls `probe` until it returns `Some`, or panics naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Starts `command` so that it dies with the test process.
+fn spawn_child(command: &mut Command, log: &Path) -> Child {
+    let out = File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    command.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"))
+}
+
+fn stop_child(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The `nats-server` binary: `$NATS_SERVER_BIN`, or the one on `PATH`.
+fn nats_server_bin() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
+}
+
+/// A real NATS server with JetStream, on a free loopback port.
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts a server and waits until it accepts clients.
+    pub async fn start() -> Nats {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let log = dir.path().join("nats.log");
+        let child = spawn_child(
+            Command::new(nats_server_bin())
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir.path().join("js")),
+            &log,
+        );
+        let nats = Nats { child, port, dir };
+        wait_until("nats-server to be ready", Duration::from_secs(15), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { text.contains("Server is ready").then_some(()) }
+        })
+        .await;
+        nats
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+/// How to start one node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub cluster: String,
+    pub name: String,
+    pub zone: String,
+    pub secret: String,
+    pub heartbeat: String,
+    pub member_timeout: String,
+    pub extra: Vec<String>,
+}
+
+impl NodeSpec {
+    /// A node of cluster `cluster` with fast failure detection for tests.
+    pub fn new(cluster: &str, name: &str, zone: &str) -> Self {
+        NodeSpec {
+            cluster: cluster.into(),
+            name: name.into(),
+            zone: zone.into(),
+            secret: "test-secret-0123456789".into(),
+            heartbeat: "200ms".into(),
+            member_timeout: "1500ms".into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// The member timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        humantime::parse_duration(&self.member_timeout).expect("valid timeout")
+    }
+}
+
+/// A `mesh-node` process.
+pub struct MeshNode {
+    child: Child,
+    pub spec: NodeSpec,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MeshNode {
+    /// Starts a node against `nats`.
+    pub fn start(nats: &Nats, spec: NodeSpec) -> MeshNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, &spec.secret).expect("secret file");
+        let log = dir.path().join("node.log");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = spawn_child(
+            Command::new(env!("CARGO_BIN_EXE_mesh-node"))
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .args(["--cluster", &spec.cluster, "--name", &spec.name])
+                .args(["--zone", &spec.zone, "--nats", &nats.url()])
+                .args(["--listen", &listen])
+                .args(["--heartbeat", &spec.heartbeat])
+                .args(["--member-timeout", &spec.member_timeout])
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .arg("--secret-file")
+                .arg(&secret)
+                .args(&spec.extra),
+            &log,
+        );
+        MeshNode {
+            child,
+            spec,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on a child we own and have not reaped.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Freezes the process and waits until the kernel shows it stopped.
+    pub async fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let stat = format!("/proc/{}/stat", self.pid());
+        wait_until("the process to be stopped", Duration::from_secs(5), || {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let state = text
+                .rsplit(") ")
+                .next()
+                .and_then(|rest| rest.chars().next());
+            async move { (state == Some('T')).then_some(()) }
+        })
+        .await;
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exited(&mut self, timeout: Duration) -> ExitStatus {
+        let what = format!("node {} to exit", self.spec.name);
+        let child = &mut self.child;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for MeshNode {
+    fn drop(&mut self) {
+        // SIGCONT first: a stopped process cannot die of SIGKILL until then
+        // on some kernels' accounting, and it must not linger.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+        stop_child(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last log lines of {} ----\n{}",
+                self.spec.name,
+                tail(&self.log, 40)
+            );
+        }
+    }
+}
+
+/// A NATS client speaking the gateway and admin protocols, as tests do.
+pub struct Client {
+    pub nats: async_nats::Client,
+    pub cluster: String,
+}
+
+impl Client {
+    pub async fn connect(nats: &Nats, cluster: &str) -> Client {
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("test client connects");
+        Client {
+            nats: client,
+            cluster: cluster.into(),
+        }
+    }
+
+    async fn request(&self, subject: String, body: Vec<u8>) -> Option<Response> {
+        let request = async_nats::Request::new()
+            .payload(body.into())
+            .timeout(Some(Duration::from_secs(10)));
+        let reply = self.nats.send_request(subject, request).await.ok()?;
+        Some(serde_json::from_slice(&reply.payload).expect("gateway answers are JSON"))
+    }
+
+    /// Sends raw bytes to a node's gateway and returns the answer.
+    pub async fn raw_call(&self, node: &str, body: &[u8]) -> Response {
+        let subject = subjects::node_gateway(&self.cluster, node);
+        self.request(subject, body.to_vec())
+            .await
+            .expect("the node answers")
+    }
+
+    /// Calls `agent` through `node` (or any node) with a JSON message.
+    pub async fn call(&self, node: Option<&str>, agent: &str, msg: serde_json::Value) -> Response {
+        self.call_with_timeout(node, agent, msg, None).await
+    }
+
+    pub async fn call_with_timeout(
+        &self,
+        node: Option<&str>,
+        agent: &str,
+        msg: serde_json::Value,
+        timeout_ms: Option<u64>,
+    ) -> Response {
+        let request = CallRequest {
+            v: None,
+            agent: agent.into(),
+            msg,
+            timeout_ms,
+            cast: false,
+        };
+        let subject = match node {
+            Some(node) => subjects::node_gateway(&self.cluster, node),
+            None => subjects::gateway(&self.cluster),
+        };
+        let body = serde_json::to_vec(&request).unwrap();
+        self.request(subject, body).await.expect("a node answers")
+    }
+
+    async fn admin(&self, node: &str, request: AdminRequest) -> Option<serde_json::Value> {
+        let subject = subjects::node_admin(&self.cluster, node);
+        match self
+            .request(subject, serde_json::to_vec(&request).unwrap())
+            .await?
+        {
+            Response::Ok(v) => Some(v),
+            Response::Error(e) => panic!("admin request failed: {e:?}"),
+        }
+    }
+
+    /// `node`'s member list, or `None` if it does not answer.
+    pub async fn members(&self, node: &str) -> Option<Vec<MemberView>> {
+        let value = self.admin(node, AdminRequest::Members).await?;
+        let reply: MembersReply = serde_json::from_value(value).unwrap();
+        Some(reply.members)
+    }
+
+    /// The names `node` sees as members with a link up (itself included).
+    pub async fn linked_names(&self, node: &str) -> Option<Vec<String>> {
+        let members = self.members(node).await?;
+        Some(
+            members
+                .into_iter()
+                .filter(|m| m.linked)
+                .map(|m| m.name)
+                .collect(),
+        )
+    }
+
+    /// `node`'s counters.
+    pub async fn stats(&self, node: &str) -> StatsSnapshot {
+        let value = self
+            .admin(node, AdminRequest::Stats)
+            .await
+            .expect("node answers");
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// The node `asking` would send `agent`'s messages to.
+    pub async fn locate(&self, asking: &str, agent: &str) -> String {
+        let request = AdminRequest::Locate {
+            agent: agent.into(),
+        };
+        let value = self.admin(asking, request).await.expect("node answers");
+        value["node"].as_str().unwrap().to_owned()
+    }
+
+    /// The agents live on `node`.
+    pub async fn agents(&self, node: &str) -> Vec<String> {
+        let value = self
+            .admin(node, AdminRequest::Agents)
+            .await
+            .expect("node answers");
+        serde_json::from_value(value["agents"].clone()).unwrap()
+    }
+
+    /// Waits until every node in `nodes` sees all of them, linked.
+    pub async fn converged(&self, nodes: &[&MeshNode]) {
+        let mut expected: Vec<String> = nodes.iter().map(|n| n.name().to_owned()).collect();
+        expected.sort();
+        for node in nodes {
+            let what = format!("{} to see {expected:?} linked", node.name());
+            let expected = expected.clone();
+            wait_until(&what, Duration::from_secs(20), || async {
+                let names = self.linked_names(node.name()).await?;
+                (names == expected).then_some(())
+            })
+            .await;
+        }
+    }
+}
+
+/// The reply value of a successful call, or a panic naming the error.
+pub fn ok(response: Response) -> serde_json::Value {
+    match response {
+        Response::Ok(v) => v,
+        Response::Error(e) => panic!("expected a reply, got error {}: {}", e.code, e.message),
+    }
+}
+
+/// The error code of a failed call, or a panic naming the reply.
+pub fn error_code(response: Response) -> String {
+    match response {
+        Response::Ok(v) => panic!("expected an error, got {v}"),
+        Response::Error(e) => e.code,
+    }
+}
+
+/// Runs `meshctl` with `args` against `nats` and returns its output.
+pub fn meshctl(nats_url: &str, cluster: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(["--nats", nats_url, "--cluster", cluster])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("meshctl runs")
+}
