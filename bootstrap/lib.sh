@@ -89,6 +89,7 @@ path_note() {
 	if [ "$first" = "$bin" ]; then
 		return 0
 	fi
+	# shellcheck disable=SC2016 # the note's $PATH is for the reader's shell
 	case ":$PATH:" in
 	*":$dir:"*) printf ' (on PATH, but "%s" runs %s first)' "$name" "$first" ;;
 	*) printf ' (not on PATH; add it with: export PATH="%s:$PATH")' "$dir" ;;

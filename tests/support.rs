@@ -131,6 +131,11 @@ pub struct NodeSpec {
     pub heartbeat: String,
     pub member_timeout: String,
     pub extra: Vec<String>,
+    /// A data directory that outlives the process (for restarts); a fresh
+    /// temporary one when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeSpec {
@@ -144,6 +149,8 @@ impl NodeSpec {
             heartbeat: "200ms".into(),
             member_timeout: "1500ms".into(),
             extra: Vec::new(),
+            data_dir: None,
+            env: Vec::new(),
         }
     }
 
@@ -169,8 +176,17 @@ impl MeshNode {
         std::fs::write(&secret, &spec.secret).expect("secret file");
         let log = dir.path().join("node.log");
         let listen = format!("127.0.0.1:{}", free_port());
+        let data_dir = spec
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mesh-node"));
+        // The developer's own MESH_* settings must not leak into test nodes.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MESH_")) {
+            command.env_remove(key);
+        }
         let child = spawn_child(
-            Command::new(env!("CARGO_BIN_EXE_mesh-node"))
+            command
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .args(["--cluster", &spec.cluster, "--name", &spec.name])
@@ -178,8 +194,9 @@ impl MeshNode {
                 .args(["--listen", &listen])
                 .args(["--heartbeat", &spec.heartbeat])
                 .args(["--member-timeout", &spec.member_timeout])
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
                 .arg("--data-dir")
-                .arg(dir.path().join("data"))
+                .arg(&data_dir)
                 .arg("--secret-file")
                 .arg(&secret)
                 .args(&spec.extra),

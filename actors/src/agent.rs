@@ -38,12 +38,27 @@ pub trait Agent: Send + 'static {
     const KIND: &'static str;
     /// How much of the state survives (see [`Durability`]).
     const DURABILITY: Durability = Durability::Memory;
+    /// The version of `State`'s encoding; raise it when `State` changes
+    /// shape, and teach [`Agent::migrate`] to read the older versions.
+    const STATE_VERSION: u16 = 1;
     /// The agent's state; a new agent starts from `Default`.
     type State: Serialize + DeserializeOwned + Default + Send + 'static;
     /// What the agent accepts.
     type Message: Serialize + DeserializeOwned + Send + 'static;
     /// What the agent answers.
     type Reply: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Reads a state stored by an older release, as `version`.
+    ///
+    /// The default knows no older version: such a state is refused, never
+    /// misread.
+    fn migrate(version: u16, _state: &[u8]) -> Result<Self::State, AgentError> {
+        Err(AgentError::new(format!(
+            "{} cannot read state version {version} (it reads {})",
+            Self::KIND,
+            Self::STATE_VERSION
+        )))
+    }
 
     /// Handles one message and returns the reply.
     ///

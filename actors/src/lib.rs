@@ -24,13 +24,14 @@ pub mod relay;
 pub use agent::{Agent, AgentError, CallError, Caller, Context, Durability};
 pub use id::{AgentId, AgentIdError};
 pub use json::Json;
-pub use registry::{Kind, Registry};
+pub use registry::{Kind, Outcome, Registry};
 
 /// A registry holding every built-in agent kind.
 pub fn builtin_registry() -> Registry {
     let mut registry = Registry::new();
     registry.register::<echo::Echo>();
     registry.register::<counter::Counter>();
+    registry.register::<counter::ReplicatedCounter>();
     registry.register::<relay::Relay>();
     registry
 }

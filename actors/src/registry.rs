@@ -30,24 +30,34 @@ pub trait Kind: Send + Sync + 'static {
     ) -> Result<Vec<u8>, CallError>;
     /// Converts an encoded reply into JSON.
     fn reply_to_json(&self, to: &AgentId, reply: &[u8]) -> Result<serde_json::Value, CallError>;
-    /// A new live instance with default state.
-    fn instantiate(&self) -> Box<dyn Instance>;
+    /// The version of the kind's state encoding.
+    fn state_version(&self) -> u16;
+    /// A live instance, from a stored state (`version`, bytes) or fresh.
+    fn instantiate(&self, stored: Option<(u16, &[u8])>) -> Result<Box<dyn Instance>, CallError>;
+}
+
+/// What handling one message produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The encoded reply, or the error for the caller.
+    pub reply: Result<Vec<u8>, CallError>,
+    /// The new encoded state, when it changed and the kind keeps state.
+    pub state: Option<Vec<u8>>,
 }
 
 /// A live agent with its types erased: its state and its handler.
 pub trait Instance: Send + 'static {
     /// Decodes `payload`, runs the handler and encodes the reply.
-    fn handle<'a>(
-        &'a mut self,
-        ctx: &'a Context,
-        payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<Vec<u8>, CallError>>;
+    fn handle<'a>(&'a mut self, ctx: &'a Context, payload: &'a [u8]) -> BoxFuture<'a, Outcome>;
 }
 
 struct TypedKind<A>(PhantomData<fn() -> A>);
 
 struct TypedInstance<A: Agent> {
     state: A::State,
+    /// The state as last persisted; `None` for memory-only kinds, which
+    /// never pay for encoding their state.
+    persisted: Option<Vec<u8>>,
 }
 
 fn bad_message(to: &AgentId, reason: impl ToString) -> CallError {
@@ -84,33 +94,69 @@ impl<A: Agent> Kind for TypedKind<A> {
         })
     }
 
-    fn instantiate(&self) -> Box<dyn Instance> {
-        Box::new(TypedInstance::<A> {
-            state: A::State::default(),
-        })
+    fn state_version(&self) -> u16 {
+        A::STATE_VERSION
+    }
+
+    fn instantiate(&self, stored: Option<(u16, &[u8])>) -> Result<Box<dyn Instance>, CallError> {
+        let unreadable = |reason: String| CallError::Internal {
+            reason: format!("stored {} state is unreadable: {reason}", A::KIND),
+        };
+        let state = match stored {
+            None => A::State::default(),
+            Some((version, bytes)) if version == A::STATE_VERSION => {
+                codec::decode(bytes).map_err(|e| unreadable(e.to_string()))?
+            }
+            Some((version, bytes)) => A::migrate(version, bytes).map_err(|e| unreadable(e.0))?,
+        };
+        let persisted = match A::DURABILITY {
+            Durability::Memory => None,
+            _ => Some(codec::encode(&state).map_err(|e| unreadable(e.to_string()))?),
+        };
+        Ok(Box::new(TypedInstance::<A> { state, persisted }))
     }
 }
 
 impl<A: Agent> Instance for TypedInstance<A> {
-    fn handle<'a>(
-        &'a mut self,
-        ctx: &'a Context,
-        payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<Vec<u8>, CallError>> {
+    fn handle<'a>(&'a mut self, ctx: &'a Context, payload: &'a [u8]) -> BoxFuture<'a, Outcome> {
         async move {
-            let msg: A::Message = codec::decode(payload).map_err(|e| bad_message(ctx.id(), e))?;
-            let reply =
-                A::handle(&mut self.state, ctx, msg)
-                    .await
-                    .map_err(|e| CallError::Agent {
-                        agent: ctx.id().to_string(),
-                        message: e.0,
-                    })?;
-            codec::encode(&reply).map_err(|e| CallError::Internal {
-                reason: e.to_string(),
-            })
+            let msg: A::Message = match codec::decode(payload) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    return Outcome {
+                        reply: Err(bad_message(ctx.id(), e)),
+                        state: None,
+                    }
+                }
+            };
+            let reply = match A::handle(&mut self.state, ctx, msg).await {
+                Ok(reply) => codec::encode(&reply).map_err(|e| CallError::Internal {
+                    reason: e.to_string(),
+                }),
+                Err(e) => Err(CallError::Agent {
+                    agent: ctx.id().to_string(),
+                    message: e.0,
+                }),
+            };
+            Outcome {
+                reply,
+                state: self.changed_state(),
+            }
         }
         .boxed()
+    }
+}
+
+impl<A: Agent> TypedInstance<A> {
+    /// The newly encoded state if it differs from the persisted one.
+    fn changed_state(&mut self) -> Option<Vec<u8>> {
+        let persisted = self.persisted.as_mut()?;
+        let now = codec::encode(&self.state).ok()?;
+        if now == *persisted {
+            return None;
+        }
+        persisted.clone_from(&now);
+        Some(now)
     }
 }
 

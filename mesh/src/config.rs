@@ -31,6 +31,10 @@ pub const DEFAULT_MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// How long a gateway call waits when the request does not say.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node snapshots its agents' state.
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
+/// How many complete snapshots a node keeps.
+pub const DEFAULT_SNAPSHOT_KEEP: usize = 5;
 /// The secret a development node uses when none is configured.
 const DEVELOPMENT_SECRET: &str = "agent-mesh-development-secret";
 
@@ -115,6 +119,22 @@ pub struct NodeArgs {
     /// Default deadline of gateway calls, such as 5s.
     #[arg(long, env = "MESH_CALL_TIMEOUT", value_name = "DURATION")]
     pub call_timeout: Option<String>,
+    /// Snapshot target: s3://bucket/prefix or file:///path
+    /// [default: file://<data-dir>/snapshots].
+    #[arg(long, env = "MESH_SNAPSHOTS", value_name = "URL")]
+    pub snapshots: Option<String>,
+    /// S3 endpoint, such as https://s3.fr-par.scw.cloud.
+    #[arg(long, env = "MESH_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region, such as fr-par.
+    #[arg(long, env = "MESH_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Interval between periodic snapshots, such as 5m.
+    #[arg(long, env = "MESH_SNAPSHOT_INTERVAL", value_name = "DURATION")]
+    pub snapshot_interval: Option<String>,
+    /// How many complete snapshots to keep.
+    #[arg(long, env = "MESH_SNAPSHOT_KEEP", value_name = "N")]
+    pub snapshot_keep: Option<usize>,
 }
 
 /// The keys of the configuration file; all optional.
@@ -135,6 +155,11 @@ struct FileConfig {
     member_timeout: Option<String>,
     max_message_bytes: Option<usize>,
     call_timeout: Option<String>,
+    snapshots: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    snapshot_interval: Option<String>,
+    snapshot_keep: Option<usize>,
 }
 
 /// A node's checked configuration.
@@ -168,6 +193,50 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Default deadline of gateway calls.
     pub call_timeout: Duration,
+    /// Where snapshots go.
+    pub snapshots: SnapshotTarget,
+    /// Interval between periodic snapshots.
+    pub snapshot_interval: Duration,
+    /// How many complete snapshots to keep.
+    pub snapshot_keep: usize,
+}
+
+/// Where snapshots are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotTarget {
+    /// A local folder.
+    File(PathBuf),
+    /// An S3-compatible bucket; credentials come from `AWS_*` variables.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// A key prefix inside the bucket (may be empty).
+        prefix: String,
+        /// The endpoint (`https://s3.fr-par.scw.cloud`); AWS when absent.
+        endpoint: Option<String>,
+        /// The region (`fr-par`).
+        region: Option<String>,
+    },
+}
+
+impl fmt::Display for SnapshotTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotTarget::File(path) => write!(f, "file://{}", path.display()),
+            SnapshotTarget::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                ..
+            } => {
+                write!(f, "s3://{bucket}/{prefix}")?;
+                if let Some(endpoint) = endpoint {
+                    write!(f, " at {endpoint}")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Config {
@@ -284,6 +353,24 @@ impl Config {
         }
         let call_timeout = duration("call_timeout", text(args.call_timeout, file.call_timeout))?
             .unwrap_or(DEFAULT_CALL_TIMEOUT);
+        let snapshots = snapshot_target(
+            text(args.snapshots, file.snapshots),
+            text(args.s3_endpoint, file.s3_endpoint),
+            text(args.s3_region, file.s3_region),
+            &data_dir,
+        )?;
+        let snapshot_interval = duration(
+            "snapshot_interval",
+            text(args.snapshot_interval, file.snapshot_interval),
+        )?
+        .unwrap_or(DEFAULT_SNAPSHOT_INTERVAL);
+        let snapshot_keep = args
+            .snapshot_keep
+            .or(file.snapshot_keep)
+            .unwrap_or(DEFAULT_SNAPSHOT_KEEP);
+        if snapshot_keep == 0 {
+            return Err(invalid("snapshot_keep", "0", "keep at least one snapshot"));
+        }
 
         Ok(Config {
             cluster,
@@ -300,6 +387,9 @@ impl Config {
             member_timeout,
             max_message_bytes,
             call_timeout,
+            snapshots,
+            snapshot_interval,
+            snapshot_keep,
         })
     }
 }
@@ -318,6 +408,41 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
             None => ConfigError(format!("{shown}: {message}")),
         }
     })
+}
+
+fn snapshot_target(
+    url: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    data_dir: &Path,
+) -> Result<SnapshotTarget, ConfigError> {
+    let Some(text) = url else {
+        return Ok(SnapshotTarget::File(data_dir.join("snapshots")));
+    };
+    let parsed = url::Url::parse(&text).map_err(|e| invalid("snapshots", &text, e))?;
+    match parsed.scheme() {
+        "file" => Ok(SnapshotTarget::File(PathBuf::from(parsed.path()))),
+        "s3" => {
+            let bucket = parsed
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| invalid("snapshots", &text, "expected s3://bucket/prefix"))?;
+            if let Some(e) = &endpoint {
+                url::Url::parse(e).map_err(|err| invalid("s3_endpoint", e, err))?;
+            }
+            Ok(SnapshotTarget::S3 {
+                bucket: bucket.to_owned(),
+                prefix: parsed.path().trim_matches('/').to_owned(),
+                endpoint,
+                region,
+            })
+        }
+        other => Err(invalid(
+            "snapshots",
+            &text,
+            format!("scheme {other}:// is not supported; use s3:// or file://"),
+        )),
+    }
 }
 
 fn read_secret(path: &Path) -> Result<Secret, ConfigError> {

@@ -57,6 +57,56 @@ pub enum AdminRequest {
     },
     /// The answering node's counters.
     Stats,
+    /// Take a snapshot of the answering node now.
+    Snapshot,
+    /// The complete snapshots of `node` (default: the answering node).
+    Snapshots {
+        /// Whose snapshots.
+        #[serde(default)]
+        node: Option<String>,
+    },
+    /// Restore the answering node (or one of its agents) from a snapshot.
+    Restore {
+        /// Whose snapshots to read (default: the answering node's).
+        #[serde(default)]
+        from: Option<String>,
+        /// Which snapshot (default: the newest that reads back whole).
+        #[serde(default)]
+        snapshot: Option<String>,
+        /// Restore only this agent.
+        #[serde(default)]
+        agent: Option<String>,
+    },
+}
+
+/// A snapshot as `meshctl snapshots` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// Its id.
+    pub id: String,
+    /// Whose records it holds.
+    pub node: String,
+    /// When it was taken, in Unix milliseconds.
+    pub created_ms: u64,
+    /// How many agents.
+    pub agents: u64,
+    /// Data bytes.
+    pub bytes: u64,
+    /// The release that wrote it.
+    pub software: String,
+}
+
+impl From<&crate::snapshot::Manifest> for SnapshotView {
+    fn from(m: &crate::snapshot::Manifest) -> Self {
+        SnapshotView {
+            id: m.id.clone(),
+            node: m.node.clone(),
+            created_ms: m.created_ms,
+            agents: m.agents,
+            bytes: m.bytes,
+            software: m.software.clone(),
+        }
+    }
 }
 
 /// Every gateway answer: `{"ok": ...}` or `{"error": {...}}`.
@@ -173,7 +223,7 @@ async fn serve(
         let nats = nats.clone();
         tokio::spawn(async move {
             let response = if is_admin {
-                admin(&shared, &msg.payload)
+                admin(&shared, &msg.payload).await
             } else {
                 call(&shared, &msg.payload).await
             };
@@ -244,7 +294,7 @@ pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
 }
 
 /// Serves one operator query.
-pub(crate) fn admin(shared: &Shared, body: &[u8]) -> Response {
+pub(crate) async fn admin(shared: &Shared, body: &[u8]) -> Response {
     let request: AdminRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return Response::error("bad_request", format!("invalid request: {e}")),
@@ -274,6 +324,46 @@ pub(crate) fn admin(shared: &Shared, body: &[u8]) -> Response {
         AdminRequest::Stats => {
             let snapshot: StatsSnapshot = shared.stats.snapshot(shared.directory.len());
             serde_json::to_value(snapshot)
+        }
+        AdminRequest::Snapshot => match shared.take_snapshot().await {
+            Ok(m) => serde_json::to_value(SnapshotView::from(&m)),
+            Err(e) => return Response::error("snapshot_failed", e.to_string()),
+        },
+        AdminRequest::Snapshots { node } => {
+            let node = node.unwrap_or_else(|| shared.config.name.clone());
+            match shared.snapshots.list(&node).await {
+                Ok(list) => {
+                    serde_json::to_value(list.iter().map(SnapshotView::from).collect::<Vec<_>>())
+                }
+                Err(e) => return Response::error("snapshot_failed", e.to_string()),
+            }
+        }
+        AdminRequest::Restore {
+            from,
+            snapshot,
+            agent,
+        } => {
+            let agent = match agent.map(|a| a.parse::<AgentId>()).transpose() {
+                Ok(agent) => agent,
+                Err(e) => return Response::error("bad_request", e.to_string()),
+            };
+            let from = from.unwrap_or_else(|| shared.config.name.clone());
+            match shared
+                .restore(&from, snapshot.as_deref(), agent.as_ref())
+                .await
+            {
+                Ok(report) if agent.is_some() && report.agents == 0 => {
+                    return Response::error(
+                        "not_found",
+                        format!(
+                            "snapshot {} of {from} does not hold that agent",
+                            report.snapshot
+                        ),
+                    )
+                }
+                Ok(report) => serde_json::to_value(report),
+                Err(e) => return Response::error("restore_failed", e.to_string()),
+            }
         }
     };
     Response::Ok(value.expect("admin replies encode"))

@@ -10,6 +10,9 @@
 //! - [`wire`]: the versioned frames links carry;
 //! - [`directory`]: where an agent lives (live here, or placed);
 //! - [`supervision`]: agents as actors under a per-node supervisor;
+//! - [`state`]: where an agent's state is loaded from and saved to;
+//! - [`storage`]: the node's sled store, with group commit and fencing;
+//! - [`snapshot`]: records exported to object storage, and restore;
 //! - [`gateway`]: JSON over NATS request/reply, the way in from outside;
 //! - [`subjects`]: every NATS subject in one place;
 //! - [`metrics`]: what a node counts about itself;
@@ -26,6 +29,9 @@ pub mod link;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod snapshot;
+pub mod state;
+pub mod storage;
 pub mod subjects;
 pub mod supervision;
 pub mod wire;
@@ -76,8 +82,10 @@ pub enum LogFormat {
 pub fn install_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -28,6 +28,8 @@ use crate::directory::{Directory, Location};
 use crate::link::{self, Link, LinkEvent, LinkFrame};
 use crate::membership::{Announcement, Membership, ANNOUNCEMENT_VERSION};
 use crate::metrics::Stats;
+use crate::snapshot::{self, Catalog, Manifest, RestoreReport, SnapshotError, Snapshots};
+use crate::storage::{Record, Store};
 use crate::supervision::{Delivery, ReplySlot, ReplyTo, Supervisor, SupervisorMessage};
 use crate::wire::{self, Frame};
 use crate::{discovery, gateway};
@@ -52,6 +54,13 @@ pub(crate) struct Shared {
     pub(crate) directory: Directory,
     pub(crate) stats: Stats,
     pub(crate) link_events: mpsc::UnboundedSender<LinkEvent>,
+    pub(crate) store: Store,
+    pub(crate) snapshots: Snapshots,
+    pub(crate) catalog: tokio::sync::Mutex<Catalog>,
+    pub(crate) bucket: Option<async_nats::jetstream::kv::Store>,
+    /// Serializes snapshots and restores of this node.
+    pub(crate) snapshot_lock: tokio::sync::Mutex<()>,
+    pub(crate) last_snapshot_ms: AtomicU64,
     name: Arc<str>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_call: AtomicU64,
@@ -339,8 +348,108 @@ impl Shared {
         }
     }
 
+    /// Takes a snapshot now and prunes old ones.
+    pub(crate) async fn take_snapshot(&self) -> Result<Manifest, SnapshotError> {
+        let _only_one = self.snapshot_lock.lock().await;
+        let manifest = self.snapshots.take(&self.config.name, &self.store).await?;
+        self.last_snapshot_ms
+            .store(manifest.created_ms, Ordering::Relaxed);
+        let keep = self.config.snapshot_keep;
+        if let Err(e) = self
+            .snapshots
+            .prune(&self.config.name, keep, &manifest.id)
+            .await
+        {
+            warn!(error = %e, "cannot prune old snapshots");
+        }
+        Ok(manifest)
+    }
+
+    /// Restores every record of a snapshot of `node` into this node's
+    /// store, stopping live agents so they reload.
+    ///
+    /// A record replaces the stored one with a higher epoch, so the restored
+    /// state wins over what the store held.
+    pub(crate) async fn restore(
+        &self,
+        node: &str,
+        only: Option<&str>,
+        agent: Option<&AgentId>,
+    ) -> Result<RestoreReport, SnapshotError> {
+        let _only_one = self.snapshot_lock.lock().await;
+        let (manifest, records, skipped) = self.snapshots.newest_readable(node, only).await?;
+        let mut report = RestoreReport {
+            snapshot: manifest.id.clone(),
+            bytes: manifest.bytes,
+            skipped,
+            ..RestoreReport::default()
+        };
+        for (id, record) in records {
+            if agent.is_some_and(|a| *a != id) {
+                continue;
+            }
+            if let Some(actor) = self.directory.live(&id) {
+                self.directory.remove_actor(actor.get_id());
+                actor.stop(Some("restored".into()));
+            }
+            let stored = self.store.load(&id).ok().flatten();
+            let record = Record {
+                epoch: stored
+                    .as_ref()
+                    .map_or(record.epoch, |s| s.epoch.max(record.epoch))
+                    + 1,
+                seq: 0,
+                ..record
+            };
+            self.store
+                .write(&id, record)
+                .await
+                .map_err(|e| SnapshotError::Storage(e.to_string()))?;
+            report.agents += 1;
+        }
+        info!(
+            source = %node,
+            snapshot = %report.snapshot,
+            agents = report.agents,
+            skipped = report.skipped.len(),
+            "restored from snapshot"
+        );
+        Ok(report)
+    }
+
+    /// Restores this node's newest snapshot if its store is empty (a new
+    /// host, a wiped disk, a quarantined database).
+    async fn restore_if_empty(&self) {
+        if !self.store.is_empty() {
+            return;
+        }
+        match self.restore(&self.config.name, None, None).await {
+            Ok(report) => {
+                info!(agents = report.agents, snapshot = %report.snapshot, "empty store restored from snapshot")
+            }
+            Err(SnapshotError::None(_)) => {}
+            Err(e) => warn!(error = %e, "empty store, and no snapshot could be restored"),
+        }
+    }
+
     fn strong(&self) -> Arc<Shared> {
         self.me.upgrade().expect("shared state outlives its users")
+    }
+}
+
+/// Takes a snapshot every interval; a failure is retried at the next tick.
+async fn periodic_snapshots(shared: Arc<Shared>) {
+    let interval = shared.config.snapshot_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if shared.store.is_empty() {
+            continue;
+        }
+        if let Err(e) = shared.take_snapshot().await {
+            warn!(error = %e, target = %shared.snapshots.target, "periodic snapshot failed; the node keeps serving");
+        }
     }
 }
 
@@ -354,6 +463,7 @@ pub struct Node {
     supervisor: ActorRef<SupervisorMessage>,
     discovery: discovery::Handle,
     gateway: tokio::task::JoinHandle<()>,
+    snapshotter: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -368,7 +478,18 @@ impl Node {
             warn!("no cluster secret configured: using the development secret");
         }
 
+        let store = Store::open(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot open the state store: {e}"))?;
+        let snapshots = snapshot::open_target(&config.snapshots, &config.cluster)
+            .map_err(|e| anyhow::anyhow!("snapshots at {}: {e}", config.snapshots))?;
         let nats = crate::connect_nats(&config.nats, &format!("mesh-node {}", config.name)).await?;
+        let bucket = match crate::state::open_bucket(&nats, &config.cluster).await {
+            Ok(bucket) => Some(bucket),
+            Err(e) => {
+                warn!(error = %e, "replicated agents are unavailable");
+                None
+            }
+        };
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let shared = Arc::new_cyclic(|me| Shared {
             members: RwLock::new(Membership::new(&config.name, config.member_timeout)),
@@ -381,12 +502,19 @@ impl Node {
             directory: Directory::default(),
             stats: Stats::default(),
             link_events: link_tx,
+            store,
+            snapshots,
+            catalog: tokio::sync::Mutex::new(Catalog::default()),
+            bucket,
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            last_snapshot_ms: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             supervisor: OnceLock::new(),
             me: me.clone(),
         });
 
+        shared.restore_if_empty().await;
         let (supervisor, _) = Actor::spawn(None, Supervisor, shared.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the supervisor: {e}"))?;
@@ -397,6 +525,7 @@ impl Node {
         let (server, endpoint) = link::spawn(shared.clone(), link_rx).await?;
         let gateway = gateway::spawn(shared.clone(), nats.clone()).await?;
         let discovery = discovery::spawn(shared.clone(), nats.clone()).await?;
+        let snapshotter = tokio::spawn(periodic_snapshots(shared.clone()));
         info!(
             node = %shared.config.name,
             cluster = %shared.config.cluster,
@@ -412,6 +541,7 @@ impl Node {
             supervisor,
             discovery,
             gateway,
+            snapshotter,
         })
     }
 
@@ -428,10 +558,17 @@ impl Node {
     /// Leaves the cluster: says goodbye, then stops every part.
     pub async fn shutdown(self) {
         info!(node = %self.shared.config.name, "node stopping");
-        self.discovery.leave().await;
         self.gateway.abort();
-        let _ = self.shared.link_events.send(LinkEvent::Shutdown);
+        self.snapshotter.abort();
+        self.discovery.leave().await;
+        // Stop the agents first, so the final snapshot has their last word.
         self.supervisor.stop(None);
+        if !self.shared.store.is_empty() {
+            if let Err(e) = self.shared.take_snapshot().await {
+                warn!(error = %e, "final snapshot failed");
+            }
+        }
+        let _ = self.shared.link_events.send(LinkEvent::Shutdown);
         self.endpoint.stop(None);
         self.server.stop(None);
         let _ = self.nats.flush().await;

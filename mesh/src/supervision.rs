@@ -10,12 +10,14 @@
 use std::sync::Arc;
 
 use actors::registry::Instance;
-use actors::{AgentId, CallError, Context};
+use actors::{AgentId, CallError, Context, Kind};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::node::Shared;
+use crate::state;
+use crate::storage::Record;
 use crate::wire::Frame;
 
 /// Where the answer to a message goes.
@@ -97,9 +99,51 @@ impl ractor::Message for Delivery {}
 /// A live agent: the actor that runs one agent's handler.
 struct AgentActor;
 
+/// An agent actor's state; the agent's own state is loaded on the first
+/// message, so that activation never blocks the supervisor on storage.
 struct AgentState {
-    instance: Box<dyn Instance>,
+    id: AgentId,
+    kind: Arc<dyn Kind>,
     ctx: Context,
+    shared: Arc<Shared>,
+    live: Option<Live>,
+}
+
+/// The agent's state, once loaded.
+struct Live {
+    instance: Box<dyn Instance>,
+    epoch: u64,
+    seq: u64,
+    revision: Option<u64>,
+}
+
+impl AgentState {
+    async fn activate(&mut self) -> Result<&mut Live, CallError> {
+        if self.live.is_none() {
+            let durability = self.kind.durability();
+            let loaded = state::load(&self.shared, &self.id, durability).await?;
+            let stored = loaded
+                .record
+                .as_ref()
+                .map(|r| (r.state_version, r.state.as_slice()));
+            let instance = self.kind.instantiate(stored)?;
+            let epoch = loaded.record.as_ref().map_or(0, |r| r.epoch) + 1;
+            self.shared.stats.activations.inc();
+            info!(
+                agent = %self.id,
+                epoch,
+                from = if loaded.record.is_some() { loaded.source } else { "new" },
+                "agent activated"
+            );
+            self.live = Some(Live {
+                instance,
+                epoch,
+                seq: 0,
+                revision: loaded.revision,
+            });
+        }
+        Ok(self.live.as_mut().expect("activated above"))
+    }
 }
 
 impl Actor for AgentActor {
@@ -117,13 +161,45 @@ impl Actor for AgentActor {
 
     async fn handle(
         &self,
-        _: ActorRef<Delivery>,
+        myself: ActorRef<Delivery>,
         mut delivery: Delivery,
         state: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
         delivery.reply.agent = Some(delivery.to);
-        let result = state.instance.handle(&state.ctx, &delivery.payload).await;
-        delivery.reply.send(result);
+        let durability = state.kind.durability();
+        let state_version = state.kind.state_version();
+        let ctx = state.ctx.clone();
+        let shared = state.shared.clone();
+        let id = state.id.clone();
+        let live = match state.activate().await {
+            Ok(live) => live,
+            Err(e) => {
+                warn!(agent = %id, error = %e, "activation failed");
+                delivery.reply.send(Err(e));
+                myself.stop(Some("activation failed".into()));
+                return Ok(());
+            }
+        };
+
+        let outcome = live.instance.handle(&ctx, &delivery.payload).await;
+        if let Some(new_state) = outcome.state {
+            live.seq += 1;
+            let record = Record {
+                epoch: live.epoch,
+                seq: live.seq,
+                state_version,
+                state: new_state,
+            };
+            let saved = state::save(&shared, &id, durability, record, &mut live.revision).await;
+            if let Err(e) = saved {
+                // The change exists only in memory: drop it with the agent.
+                warn!(agent = %id, error = %e, "state not saved; agent stopped");
+                delivery.reply.send(Err(e));
+                myself.stop(Some("state not saved".into()));
+                return Ok(());
+            }
+        }
+        delivery.reply.send(outcome.reply);
         Ok(())
     }
 }
@@ -212,14 +288,15 @@ async fn activate_and_deliver(
         shared.registry.clone(),
     );
     let state = AgentState {
-        instance: kind.instantiate(),
+        id: delivery.to.clone(),
+        kind,
         ctx,
+        shared: shared.clone(),
+        live: None,
     };
     match Actor::spawn_linked(None, AgentActor, state, supervisor.get_cell()).await {
         Ok((actor, _)) => {
             shared.directory.insert(delivery.to.clone(), actor.clone());
-            shared.stats.activations.inc();
-            info!(agent = %delivery.to, "agent activated");
             if let Err(e) = actor.send_message(delivery) {
                 retry_delivery(shared, e);
             }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mesh::gateway::{AdminRequest, AgentsReply, CallRequest, MembersReply, Response};
+use mesh::gateway::{AdminRequest, AgentsReply, CallRequest, MembersReply, Response, SnapshotView};
 use mesh::subjects;
 
 /// Talks to an agent mesh through NATS.
@@ -46,6 +46,33 @@ enum Command {
         /// Enter the mesh through this node instead of any.
         #[arg(long)]
         node: Option<String>,
+    },
+    /// Take a snapshot of a node now.
+    Snapshot {
+        /// The node (default: any).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// List the complete snapshots of a node.
+    Snapshots {
+        /// The node whose snapshots to list (default: the answering node).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Restore a node, or one agent, from a snapshot.
+    Restore {
+        /// The node to restore (with --agent: default the agent's host).
+        #[arg(long, required_unless_present = "agent")]
+        node: Option<String>,
+        /// Restore only this agent, on the node that hosts it.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Whose snapshots to read (default: the restored node's own).
+        #[arg(long)]
+        from: Option<String>,
+        /// The snapshot id (default: the newest that reads back whole).
+        #[arg(long)]
+        snapshot: Option<String>,
     },
     /// Send a JSON message to an agent without waiting for a reply.
     Send {
@@ -121,6 +148,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Members => ctl.members(cli.json).await,
         Command::Agents => ctl.agents(cli.json).await,
+        Command::Snapshot { node } => ctl.snapshot(node).await,
+        Command::Snapshots { node } => ctl.snapshots(node, cli.json).await,
+        Command::Restore {
+            node,
+            agent,
+            from,
+            snapshot,
+        } => ctl.restore(node, agent, from, snapshot).await,
         Command::Call { .. } | Command::Send { .. } => {
             let (request, node) = call.expect("parsed above");
             ctl.call(request, node, cli.json).await
@@ -258,6 +293,105 @@ impl Ctl {
         for (agent, node) in rows {
             println!("{agent:<40} {node}");
         }
+        Ok(())
+    }
+
+    fn admin_subject(&self, node: Option<&str>) -> String {
+        match node {
+            Some(node) => subjects::node_admin(&self.cluster, node),
+            None => subjects::admin(&self.cluster),
+        }
+    }
+
+    async fn snapshot(&self, node: Option<String>) -> Result<(), Failure> {
+        let subject = self.admin_subject(node.as_deref());
+        let value = self.admin(subject, &AdminRequest::Snapshot).await?;
+        let view: SnapshotView = serde_json::from_value(value)
+            .map_err(|e| Failure::mesh(format!("unreadable answer: {e}")))?;
+        println!(
+            "snapshot {} of {}: {} agents, {} bytes",
+            view.id, view.node, view.agents, view.bytes
+        );
+        Ok(())
+    }
+
+    async fn snapshots(&self, node: Option<String>, json: bool) -> Result<(), Failure> {
+        let request = AdminRequest::Snapshots { node };
+        let value = self.admin(self.admin_subject(None), &request).await?;
+        let list: Vec<SnapshotView> = serde_json::from_value(value)
+            .map_err(|e| Failure::mesh(format!("unreadable answer: {e}")))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&list).expect("encodes"));
+            return Ok(());
+        }
+        println!(
+            "{:<24} {:<20} {:>8} {:>12} {:<8} AGE",
+            "ID", "NODE", "AGENTS", "BYTES", "VERSION"
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        for s in list {
+            let age = Duration::from_secs(now.saturating_sub(s.created_ms) / 1000);
+            println!(
+                "{:<24} {:<20} {:>8} {:>12} {:<8} {}",
+                s.id,
+                s.node,
+                s.agents,
+                s.bytes,
+                s.software,
+                humantime::format_duration(age)
+            );
+        }
+        Ok(())
+    }
+
+    async fn restore(
+        &self,
+        node: Option<String>,
+        agent: Option<String>,
+        from: Option<String>,
+        snapshot: Option<String>,
+    ) -> Result<(), Failure> {
+        if let Some(agent) = &agent {
+            agent
+                .parse::<actors::AgentId>()
+                .map_err(|e| Failure(2, e.to_string()))?;
+        }
+        // An agent is restored where it lives, so its next message sees it.
+        let node = match (node, &agent) {
+            (Some(node), _) => node,
+            (None, Some(agent)) => {
+                let request = AdminRequest::Locate {
+                    agent: agent.clone(),
+                };
+                let value = self.admin(subjects::admin(&self.cluster), &request).await?;
+                value["node"].as_str().unwrap_or_default().to_owned()
+            }
+            (None, None) => return Err(Failure(2, "give --node or --agent".into())),
+        };
+        let request = AdminRequest::Restore {
+            from,
+            snapshot,
+            agent,
+        };
+        let started = std::time::Instant::now();
+        let subject = subjects::node_admin(&self.cluster, &node);
+        let value = self.admin(subject, &request).await?;
+        let report: mesh::snapshot::RestoreReport = serde_json::from_value(value)
+            .map_err(|e| Failure::mesh(format!("unreadable answer: {e}")))?;
+        for skipped in &report.skipped {
+            eprintln!("meshctl: skipped unreadable snapshot {skipped}");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "restored {} agents on {node} from snapshot {} ({} bytes in {secs:.1}s, {:.1} MB/s)",
+            report.agents,
+            report.snapshot,
+            report.bytes,
+            report.bytes as f64 / 1e6 / secs.max(1e-3)
+        );
         Ok(())
     }
 

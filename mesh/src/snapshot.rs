@@ -1,0 +1,653 @@
+//! Snapshots: every agent's record, exported to object storage.
+//!
+//! A snapshot of node `n` is a folder `<cluster>/<n>/<id>/` holding:
+//! - `data-NNNNN.bin`: entries `[u32 length][lz4(record)]`, up to
+//!   [`DATA_OBJECT_BYTES`] per object, so the object count grows with bytes,
+//!   not with agents;
+//! - `index.bin`: lz4 of the encoded [`IndexEntry`] list, which locates each
+//!   agent's entry (object, offset, length, checksum), so one agent is
+//!   restored with one ranged read;
+//! - `manifest.json`, written last, with every object's size and CRC-32.
+//!
+//! The invariant: a folder without a manifest is not a snapshot. An upload
+//! that stops halfway leaves no manifest, and the next snapshot removes the
+//! folder. Ids start with the creation time, so names sort by age.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actors::{codec, AgentId};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::SnapshotTarget;
+use crate::storage::{Record, Store};
+
+/// The format version of manifests, indexes and data objects.
+pub const SNAPSHOT_FORMAT: u16 = 1;
+/// The largest data object of a snapshot.
+pub const DATA_OBJECT_BYTES: usize = 32 * 1024 * 1024;
+/// The longest a single object store request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest manifest or index accepted when reading.
+const MAX_METADATA_BYTES: usize = 256 * 1024 * 1024;
+
+/// Why a snapshot could not be taken or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The object store failed or timed out.
+    #[error("object storage: {0}")]
+    Storage(String),
+    /// An object's bytes do not match its checksum, or do not parse.
+    #[error("corrupt snapshot object {key}: {reason}")]
+    Corrupt {
+        /// The object's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The snapshot was written by a newer release.
+    #[error("snapshot {id} has format {format}, newer than this node reads ({SNAPSHOT_FORMAT})")]
+    TooNew {
+        /// The snapshot.
+        id: String,
+        /// Its format.
+        format: u16,
+    },
+    /// No complete snapshot exists.
+    #[error("no complete snapshot of node {0}")]
+    None(String),
+}
+
+/// One object of a snapshot, as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// The object's name within the snapshot folder.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// CRC-32 of its bytes.
+    pub crc32: u32,
+}
+
+/// The last object of a snapshot: what it holds, and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The snapshot format.
+    pub format: u16,
+    /// The snapshot's id (`<created ms>-<random>`).
+    pub id: String,
+    /// The cluster.
+    pub cluster: String,
+    /// The node whose records these are.
+    pub node: String,
+    /// When it was taken, in Unix milliseconds.
+    pub created_ms: u64,
+    /// The release that wrote it.
+    pub software: String,
+    /// How many agents it holds.
+    pub agents: u64,
+    /// Total bytes of data objects.
+    pub bytes: u64,
+    /// The data objects, in order.
+    pub data: Vec<ObjectInfo>,
+    /// The index object.
+    pub index: ObjectInfo,
+}
+
+/// Where one agent's entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The agent, `kind/name`.
+    pub agent: String,
+    /// The data object's position in [`Manifest::data`].
+    pub object: u32,
+    /// The entry's offset within the object (its length prefix).
+    pub offset: u64,
+    /// The entry's length, prefix included.
+    pub len: u32,
+    /// CRC-32 of the entry's bytes, prefix included.
+    pub crc32: u32,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestoreReport {
+    /// The snapshot used.
+    pub snapshot: String,
+    /// Agents written to the store.
+    pub agents: u64,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// Snapshots skipped as unreadable, with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// Snapshots of one cluster in one object store.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    store: Arc<dyn ObjectStore>,
+    cluster: String,
+    /// Where the store is, for log lines.
+    pub target: String,
+}
+
+fn storage(e: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Storage(e.to_string())
+}
+
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, SnapshotError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, op).await {
+        Ok(result) => result.map_err(storage),
+        Err(_) => Err(SnapshotError::Storage(format!(
+            "{what} timed out after {}s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// A creation time for a new snapshot, later than any given before by this
+/// process, so that two snapshots in one millisecond still sort by age.
+fn creation_ms() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = now_ms();
+    let previous = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |last| Some(now.max(last + 1)),
+        )
+        .expect("the update always succeeds");
+    now.max(previous + 1)
+}
+
+/// Accumulates data objects and the index while a snapshot is written.
+struct Builder {
+    objects: Vec<Vec<u8>>,
+    index: Vec<IndexEntry>,
+}
+
+impl Builder {
+    fn add(&mut self, agent: &AgentId, record: &Record) {
+        let compressed = lz4_flex::compress_prepend_size(&record.encode());
+        let needs_new = self
+            .objects
+            .last()
+            .is_none_or(|o| o.len() + compressed.len() + 4 > DATA_OBJECT_BYTES && !o.is_empty());
+        if needs_new {
+            self.objects.push(Vec::with_capacity(1024 * 1024));
+        }
+        let number = (self.objects.len() - 1) as u32;
+        let object = self.objects.last_mut().expect("an object exists");
+        let offset = object.len() as u64;
+        object.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
+        object.extend_from_slice(&compressed);
+        let entry = &object[offset as usize..];
+        self.index.push(IndexEntry {
+            agent: agent.to_string(),
+            object: number,
+            offset,
+            len: entry.len() as u32,
+            crc32: crc32fast::hash(entry),
+        });
+    }
+}
+
+/// Decodes one entry (length prefix included).
+fn decode_entry(key: &str, entry: &[u8]) -> Result<Record, SnapshotError> {
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        key: key.to_owned(),
+        reason,
+    };
+    let body = entry
+        .get(4..)
+        .ok_or_else(|| corrupt("entry shorter than its prefix".into()))?;
+    let raw = lz4_flex::decompress_size_prepended(body).map_err(|e| corrupt(e.to_string()))?;
+    Record::decode(&raw).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Opens the object store a node's configuration names.
+pub fn open_target(target: &SnapshotTarget, cluster: &str) -> Result<Snapshots, SnapshotError> {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::{ClientOptions, RetryConfig};
+
+    let store: Arc<dyn ObjectStore> = match target {
+        SnapshotTarget::File(path) => {
+            std::fs::create_dir_all(path)
+                .map_err(|e| storage(format!("cannot create {}: {e}", path.display())))?;
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(path).map_err(storage)?)
+        }
+        SnapshotTarget::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+        } => {
+            let options = ClientOptions::new()
+                .with_timeout(REQUEST_TIMEOUT)
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_allow_http(
+                    endpoint
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("http://")),
+                );
+            let retry = RetryConfig {
+                max_retries: 3,
+                retry_timeout: REQUEST_TIMEOUT,
+                ..RetryConfig::default()
+            };
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_client_options(options)
+                .with_retry(retry);
+            if let Some(endpoint) = endpoint {
+                // Path-style requests work with every S3-compatible store.
+                builder = builder
+                    .with_endpoint(endpoint)
+                    .with_virtual_hosted_style_request(false);
+            }
+            if let Some(region) = region {
+                builder = builder.with_region(region);
+            }
+            let s3 = builder.build().map_err(storage)?;
+            if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(s3, prefix.as_str()))
+            }
+        }
+    };
+    Ok(Snapshots::new(store, cluster, &target.to_string()))
+}
+
+impl Snapshots {
+    /// Snapshots of `cluster` in `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, cluster: &str, target: &str) -> Self {
+        Snapshots {
+            store,
+            cluster: cluster.to_owned(),
+            target: target.to_owned(),
+        }
+    }
+
+    fn folder(&self, node: &str, id: &str) -> String {
+        format!("{}/{node}/{id}", self.cluster)
+    }
+
+    async fn put(&self, key: String, bytes: Vec<u8>) -> Result<(), SnapshotError> {
+        let path = ObjectPath::from(key.as_str());
+        bounded(
+            &format!("put {key}"),
+            self.store.put(&path, PutPayload::from(bytes)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, SnapshotError> {
+        let path = ObjectPath::from(key);
+        let result = bounded(&format!("get {key}"), self.store.get(&path)).await?;
+        let bytes = bounded(&format!("read {key}"), result.bytes()).await?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Takes a snapshot of every record in `store`, as node `node`.
+    pub async fn take(&self, node: &str, store: &Store) -> Result<Manifest, SnapshotError> {
+        let started = Instant::now();
+        let created_ms = creation_ms();
+        let id = format!("{created_ms:013}-{:08x}", rand::random::<u32>());
+        let folder = self.folder(node, &id);
+
+        // Records are read one agent at a time: each is consistent, and an
+        // agent changed meanwhile is caught by the next snapshot.
+        let mut builder = Builder {
+            objects: Vec::new(),
+            index: Vec::new(),
+        };
+        for (agent, record) in store.iter() {
+            builder.add(&agent, &record);
+        }
+
+        let mut data = Vec::with_capacity(builder.objects.len());
+        let mut bytes = 0;
+        for (i, object) in builder.objects.into_iter().enumerate() {
+            let info = ObjectInfo {
+                name: format!("data-{i:05}.bin"),
+                size: object.len() as u64,
+                crc32: crc32fast::hash(&object),
+            };
+            bytes += info.size;
+            self.put(format!("{folder}/{}", info.name), object).await?;
+            data.push(info);
+        }
+        let index_bytes = lz4_flex::compress_prepend_size(
+            &codec::encode(&builder.index).map_err(|e| SnapshotError::Storage(e.to_string()))?,
+        );
+        let index = ObjectInfo {
+            name: "index.bin".into(),
+            size: index_bytes.len() as u64,
+            crc32: crc32fast::hash(&index_bytes),
+        };
+        self.put(format!("{folder}/index.bin"), index_bytes).await?;
+
+        let manifest = Manifest {
+            format: SNAPSHOT_FORMAT,
+            id,
+            cluster: self.cluster.clone(),
+            node: node.to_owned(),
+            created_ms,
+            software: crate::SOFTWARE_VERSION.into(),
+            agents: builder.index.len() as u64,
+            bytes,
+            data,
+            index,
+        };
+        let body = serde_json::to_vec_pretty(&manifest).expect("manifests encode");
+        self.put(format!("{folder}/manifest.json"), body).await?;
+        info!(
+            snapshot = %manifest.id,
+            agents = manifest.agents,
+            bytes = manifest.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            target = %self.target,
+            "snapshot written"
+        );
+        Ok(manifest)
+    }
+
+    /// The snapshot ids of `node`, newest first, complete or not.
+    async fn ids(&self, node: &str) -> Result<Vec<String>, SnapshotError> {
+        let prefix = ObjectPath::from(format!("{}/{node}", self.cluster).as_str());
+        let listing = bounded(
+            "list snapshots",
+            self.store.list_with_delimiter(Some(&prefix)),
+        )
+        .await?;
+        let mut ids: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(ids)
+    }
+
+    /// The nodes that have a snapshot folder.
+    pub async fn nodes(&self) -> Result<Vec<String>, SnapshotError> {
+        let prefix = ObjectPath::from(self.cluster.as_str());
+        let listing = bounded("list nodes", self.store.list_with_delimiter(Some(&prefix))).await?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// The manifest of snapshot `id` of `node`, or `None` if incomplete.
+    pub async fn manifest(&self, node: &str, id: &str) -> Result<Option<Manifest>, SnapshotError> {
+        let key = format!("{}/manifest.json", self.folder(node, id));
+        let bytes = match self.get(&key).await {
+            Ok(bytes) => bytes,
+            Err(SnapshotError::Storage(e)) if e.contains("not found") || e.contains("NotFound") => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        if bytes.len() > MAX_METADATA_BYTES {
+            return Err(SnapshotError::Corrupt {
+                key,
+                reason: "manifest too large".into(),
+            });
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+        if manifest.format > SNAPSHOT_FORMAT {
+            return Err(SnapshotError::TooNew {
+                id: id.to_owned(),
+                format: manifest.format,
+            });
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Every complete snapshot of `node`, newest first.
+    pub async fn list(&self, node: &str) -> Result<Vec<Manifest>, SnapshotError> {
+        let mut out = Vec::new();
+        for id in self.ids(node).await? {
+            match self.manifest(node, &id).await {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(node = %node, snapshot = %id, error = %e, "unreadable snapshot manifest")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads and checks one whole object of a snapshot.
+    async fn object(&self, m: &Manifest, info: &ObjectInfo) -> Result<Vec<u8>, SnapshotError> {
+        let key = format!("{}/{}", self.folder(&m.node, &m.id), info.name);
+        let bytes = self.get(&key).await?;
+        if bytes.len() as u64 != info.size || crc32fast::hash(&bytes) != info.crc32 {
+            return Err(SnapshotError::Corrupt {
+                key,
+                reason: format!(
+                    "{} bytes with CRC {:08x}, the manifest says {} bytes with CRC {:08x}",
+                    bytes.len(),
+                    crc32fast::hash(&bytes),
+                    info.size,
+                    info.crc32
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The index of a snapshot, checked.
+    pub async fn index(&self, m: &Manifest) -> Result<Vec<IndexEntry>, SnapshotError> {
+        let bytes = self.object(m, &m.index).await?;
+        let key = format!("{}/index.bin", self.folder(&m.node, &m.id));
+        let corrupt = |reason: String| SnapshotError::Corrupt {
+            key: key.clone(),
+            reason,
+        };
+        let raw =
+            lz4_flex::decompress_size_prepended(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        codec::decode(&raw).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Every record of a snapshot, each object checked whole.
+    pub async fn records(&self, m: &Manifest) -> Result<Vec<(AgentId, Record)>, SnapshotError> {
+        let index = self.index(m).await?;
+        let mut objects = Vec::with_capacity(m.data.len());
+        for info in &m.data {
+            objects.push(self.object(m, info).await?);
+        }
+        let mut out = Vec::with_capacity(index.len());
+        for entry in index {
+            let key = format!(
+                "{}/{}",
+                self.folder(&m.node, &m.id),
+                m.data[entry.object as usize].name
+            );
+            let object =
+                objects
+                    .get(entry.object as usize)
+                    .ok_or_else(|| SnapshotError::Corrupt {
+                        key: key.clone(),
+                        reason: "index names a missing object".into(),
+                    })?;
+            let range = entry.offset as usize..entry.offset as usize + entry.len as usize;
+            let bytes = object.get(range).ok_or_else(|| SnapshotError::Corrupt {
+                key: key.clone(),
+                reason: "index points past the object's end".into(),
+            })?;
+            let id =
+                entry
+                    .agent
+                    .parse()
+                    .map_err(|e: actors::AgentIdError| SnapshotError::Corrupt {
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    })?;
+            out.push((id, decode_entry(&key, bytes)?));
+        }
+        Ok(out)
+    }
+
+    /// One agent's record from a snapshot, with one ranged read.
+    pub async fn record(&self, m: &Manifest, entry: &IndexEntry) -> Result<Record, SnapshotError> {
+        let info = m
+            .data
+            .get(entry.object as usize)
+            .ok_or_else(|| SnapshotError::Corrupt {
+                key: format!("{}/index.bin", self.folder(&m.node, &m.id)),
+                reason: "index names a missing object".into(),
+            })?;
+        let key = format!("{}/{}", self.folder(&m.node, &m.id), info.name);
+        let path = ObjectPath::from(key.as_str());
+        let range = entry.offset..entry.offset + u64::from(entry.len);
+        let bytes = bounded(
+            &format!("get range of {key}"),
+            self.store.get_range(&path, range),
+        )
+        .await?;
+        if crc32fast::hash(&bytes) != entry.crc32 {
+            return Err(SnapshotError::Corrupt {
+                key,
+                reason: format!("entry of {} fails its checksum", entry.agent),
+            });
+        }
+        decode_entry(&key, &bytes)
+    }
+
+    /// The newest snapshot of `node` that reads back whole, with its
+    /// records; unreadable newer ones are skipped and reported.
+    pub async fn newest_readable(
+        &self,
+        node: &str,
+        only: Option<&str>,
+    ) -> Result<(Manifest, Vec<(AgentId, Record)>, Vec<String>), SnapshotError> {
+        let mut skipped = Vec::new();
+        for m in self.list(node).await? {
+            if only.is_some_and(|id| id != m.id) {
+                continue;
+            }
+            match self.records(&m).await {
+                Ok(records) => return Ok((m, records, skipped)),
+                Err(e) => {
+                    warn!(node = %node, snapshot = %m.id, error = %e, "snapshot unreadable; trying the previous one");
+                    skipped.push(format!("{}: {e}", m.id));
+                }
+            }
+        }
+        match only {
+            Some(id) => Err(SnapshotError::None(format!("{node} with id {id}"))),
+            None => Err(SnapshotError::None(node.to_owned())),
+        }
+    }
+
+    /// Deletes snapshots of `node` beyond the newest `keep` complete ones,
+    /// and folders without a manifest other than `current`.
+    pub async fn prune(
+        &self,
+        node: &str,
+        keep: usize,
+        current: &str,
+    ) -> Result<usize, SnapshotError> {
+        let mut complete = 0;
+        let mut doomed = Vec::new();
+        for id in self.ids(node).await? {
+            if id == current {
+                complete += 1;
+                continue;
+            }
+            match self.manifest(node, &id).await {
+                Ok(Some(_)) if complete < keep => complete += 1,
+                _ => doomed.push(id),
+            }
+        }
+        for id in &doomed {
+            let prefix = ObjectPath::from(self.folder(node, id).as_str());
+            let keys: Vec<_> = bounded(
+                "list a snapshot",
+                self.store.list(Some(&prefix)).try_collect::<Vec<_>>(),
+            )
+            .await?
+            .into_iter()
+            .map(|meta| meta.location)
+            .collect();
+            for key in keys {
+                bounded("delete", self.store.delete(&key)).await?;
+            }
+        }
+        Ok(doomed.len())
+    }
+}
+
+/// The newest snapshot entry of each agent, across every node's newest
+/// complete snapshot: how a node finds an agent it never hosted.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    entries: HashMap<String, (Arc<Manifest>, IndexEntry)>,
+    /// When it was last loaded.
+    pub loaded: Option<Instant>,
+}
+
+impl Catalog {
+    /// Loads the newest readable index of every node's snapshots.
+    pub async fn load(snapshots: &Snapshots) -> Result<Catalog, SnapshotError> {
+        let mut entries: HashMap<String, (Arc<Manifest>, IndexEntry)> = HashMap::new();
+        for node in snapshots.nodes().await? {
+            for m in snapshots.list(&node).await? {
+                let index = match snapshots.index(&m).await {
+                    Ok(index) => index,
+                    Err(e) => {
+                        warn!(node = %node, snapshot = %m.id, error = %e, "skipping an unreadable index");
+                        continue;
+                    }
+                };
+                let m = Arc::new(m);
+                for entry in index {
+                    let newer = entries
+                        .get(&entry.agent)
+                        .is_none_or(|(known, _)| known.created_ms < m.created_ms);
+                    if newer {
+                        entries.insert(entry.agent.clone(), (m.clone(), entry));
+                    }
+                }
+                break;
+            }
+        }
+        Ok(Catalog {
+            entries,
+            loaded: Some(Instant::now()),
+        })
+    }
+
+    /// Where the newest snapshot of `agent` is.
+    pub fn find(&self, agent: &AgentId) -> Option<&(Arc<Manifest>, IndexEntry)> {
+        self.entries.get(&agent.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+use object_store::memory::InMemory;
+
+use super::*;
+
+fn record(n: u64) -> Record {
+    Record {
+        epoch: 1,
+        seq: n,
+        state_version: 1,
+        state: vec![n as u8; 100],
+    }
+}
+
+async fn store_with(dir: &std::path::Path, agents: u64) -> Store {
+    let store = Store::open(dir).unwrap();
+    for i in 0..agents {
+        let id: AgentId = format!("counter/c{i}").parse().unwrap();
+        store.write(&id, record(i)).await.unwrap();
+    }
+    store
+}
+
+fn snapshots() -> (Arc<InMemory>, Snapshots) {
+    let memory = Arc::new(InMemory::new());
+    let snapshots = Snapshots::new(memory.clone(), "test", "memory");
+    (memory, snapshots)
+}
+
+#[tokio::test]
+async fn a_snapshot_reads_back_whole_and_agent_by_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 50).await;
+    let (_, snapshots) = snapshots();
+    let manifest = snapshots.take("n1", &store).await.unwrap();
+    assert_eq!(manifest.agents, 50);
+
+    let records = snapshots.records(&manifest).await.unwrap();
+    assert_eq!(records.len(), 50);
+    let all: HashMap<String, Record> = records
+        .into_iter()
+        .map(|(a, r)| (a.to_string(), r))
+        .collect();
+    assert_eq!(all["counter/c7"], record(7));
+
+    let catalog = Catalog::load(&snapshots).await.unwrap();
+    let (m, entry) = catalog.find(&"counter/c9".parse().unwrap()).unwrap();
+    assert_eq!(snapshots.record(m, entry).await.unwrap(), record(9));
+    assert!(catalog.find(&"counter/none".parse().unwrap()).is_none());
+}
+
+#[tokio::test]
+async fn a_folder_without_manifest_is_not_a_snapshot_and_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 3).await;
+    let (memory, snapshots) = snapshots();
+    let good = snapshots.take("n1", &store).await.unwrap();
+
+    // An upload that stopped before its manifest.
+    let partial = ObjectPath::from("test/n1/9999999999999-deadbeef/data-00000.bin");
+    memory
+        .put(&partial, PutPayload::from(vec![1, 2, 3]))
+        .await
+        .unwrap();
+    let listed: Vec<String> = snapshots
+        .list("n1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, vec![good.id.clone()]);
+
+    let newer = snapshots.take("n1", &store).await.unwrap();
+    let removed = snapshots.prune("n1", 1, &newer.id).await.unwrap();
+    assert_eq!(removed, 2, "the partial folder and the older snapshot");
+    assert!(memory.get(&partial).await.is_err());
+    let listed: Vec<String> = snapshots
+        .list("n1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, vec![newer.id]);
+}
+
+#[tokio::test]
+async fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 10).await;
+    let (memory, snapshots) = snapshots();
+    let older = snapshots.take("n1", &store).await.unwrap();
+    let newest = snapshots.take("n1", &store).await.unwrap();
+
+    let key = ObjectPath::from(format!("test/n1/{}/data-00000.bin", newest.id).as_str());
+    let mut bytes = memory
+        .get(&key)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    bytes[10] ^= 0xff;
+    memory.put(&key, PutPayload::from(bytes)).await.unwrap();
+
+    let (used, records, skipped) = snapshots.newest_readable("n1", None).await.unwrap();
+    assert_eq!(used.id, older.id);
+    assert_eq!(records.len(), 10);
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].contains("data-00000.bin"), "{skipped:?}");
+    assert!(skipped[0].contains("CRC"), "{skipped:?}");
+}
+
+#[tokio::test]
+async fn a_snapshot_from_a_newer_release_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 1).await;
+    let (memory, snapshots) = snapshots();
+    let m = snapshots.take("n1", &store).await.unwrap();
+    let key = ObjectPath::from(format!("test/n1/{}/manifest.json", m.id).as_str());
+    let mut future = m.clone();
+    future.format = SNAPSHOT_FORMAT + 1;
+    memory
+        .put(&key, PutPayload::from(serde_json::to_vec(&future).unwrap()))
+        .await
+        .unwrap();
+    let err = snapshots.manifest("n1", &m.id).await.unwrap_err();
+    assert!(matches!(err, SnapshotError::TooNew { .. }), "{err}");
+    assert!(snapshots.list("n1").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn many_agents_share_few_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 2000).await;
+    let (memory, snapshots) = snapshots();
+    let m = snapshots.take("n1", &store).await.unwrap();
+    let objects: Vec<_> = memory.list(None).try_collect().await.unwrap();
+    assert_eq!(
+        objects.len(),
+        3,
+        "one data object, the index and the manifest"
+    );
+    assert_eq!(m.data.len(), 1);
+}

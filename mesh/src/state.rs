@@ -1,0 +1,241 @@
+//! Agent state: where an activating agent's state comes from, and how a
+//! change is saved before the reply.
+//!
+//! Loading, for a kind that keeps state:
+//! 1. the node's own store (the same host, after a restart);
+//! 2. for `replicated` kinds, the replicated bucket in NATS JetStream;
+//! 3. if neither has it, the newest snapshot holding it, from any node.
+//!
+//! The newest record wins (epoch, then sequence). The activation's epoch is
+//! one more than the record's, so epochs only grow.
+//!
+//! Saving: the new record goes to the local store (group commit) and, for
+//! `replicated` kinds, to the bucket with compare-and-set on the revision
+//! this activation last saw. A failed save stops the agent, so it never
+//! answers from a state that is not durable; a failed compare-and-set means
+//! another activation wrote meanwhile, and this one is fenced.
+
+use std::time::{Duration, Instant};
+
+use actors::{AgentId, CallError, Durability};
+use async_nats::jetstream::kv;
+use tracing::{info, warn};
+
+use crate::node::Shared;
+use crate::snapshot::{Catalog, SnapshotError};
+use crate::storage::Record;
+
+/// How stale the snapshot catalog may be when looking up an agent.
+const CATALOG_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// The name of a cluster's replicated-state bucket.
+pub fn bucket_name(cluster: &str) -> String {
+    format!("mesh-{cluster}-state")
+}
+
+/// The bucket key of an agent: `kind.name`, with characters that keys do
+/// not allow written as `=XX`.
+pub fn bucket_key(id: &AgentId) -> String {
+    let mut key = String::with_capacity(id.kind().len() + id.name().len() + 1);
+    for (i, part) in [id.kind(), id.name()].into_iter().enumerate() {
+        if i > 0 {
+            key.push('.');
+        }
+        for b in part.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                key.push(b as char);
+            } else {
+                key.push_str(&format!("={b:02X}"));
+            }
+        }
+    }
+    key
+}
+
+/// Opens (or creates) the replicated-state bucket.
+pub(crate) async fn open_bucket(
+    nats: &async_nats::Client,
+    cluster: &str,
+) -> anyhow::Result<kv::Store> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let name = bucket_name(cluster);
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.clone(),
+        history: 1,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot open the replicated-state bucket {name}: {e}"))
+}
+
+/// What an activation starts from.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    pub(crate) record: Option<Record>,
+    /// The bucket revision seen, for compare-and-set (replicated kinds).
+    pub(crate) revision: Option<u64>,
+    /// Where the record came from, for the log.
+    pub(crate) source: &'static str,
+}
+
+fn unavailable(id: &AgentId, reason: impl std::fmt::Display) -> CallError {
+    CallError::Unavailable {
+        agent: id.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Finds the newest stored state of `id`.
+pub(crate) async fn load(
+    shared: &Shared,
+    id: &AgentId,
+    durability: Durability,
+) -> Result<Loaded, CallError> {
+    if durability == Durability::Memory {
+        return Ok(Loaded::default());
+    }
+    let mut best = Loaded {
+        record: shared.store.load(id).map_err(|e| unavailable(id, e))?,
+        revision: None,
+        source: "local store",
+    };
+
+    if durability == Durability::Replicated {
+        let bucket = shared
+            .bucket
+            .as_ref()
+            .ok_or_else(|| unavailable(id, "the replicated-state bucket is not available"))?;
+        let entry = bucket
+            .entry(bucket_key(id))
+            .await
+            .map_err(|e| unavailable(id, format!("replicated state: {e}")))?;
+        if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+            let record = Record::decode(&entry.value).map_err(|e| unavailable(id, e))?;
+            best.revision = Some(entry.revision);
+            if best.record.as_ref().is_none_or(|r| record.is_newer_than(r)) {
+                best.record = Some(record);
+                best.source = "replicated bucket";
+            }
+        }
+    }
+
+    if best.record.is_none() {
+        if let Some(record) = from_snapshots(shared, id).await {
+            best.record = Some(record);
+            best.source = "snapshot";
+        }
+    }
+    Ok(best)
+}
+
+/// The newest snapshot record of `id`, from any node's snapshots.
+async fn from_snapshots(shared: &Shared, id: &AgentId) -> Option<Record> {
+    let mut catalog = shared.catalog.lock().await;
+    let stale = catalog.loaded.is_none_or(|t| t.elapsed() > CATALOG_MAX_AGE);
+    if stale {
+        match Catalog::load(&shared.snapshots).await {
+            Ok(fresh) => *catalog = fresh,
+            Err(e) => warn!(error = %e, "cannot read the snapshot catalog"),
+        }
+    }
+    let (manifest, entry) = catalog.find(id)?.clone();
+    drop(catalog);
+    match shared.snapshots.record(&manifest, &entry).await {
+        Ok(record) => Some(record),
+        Err(e) => {
+            warn!(agent = %id, snapshot = %manifest.id, error = %e, "snapshot entry unreadable; trying older snapshots");
+            older_snapshot_record(shared, &manifest.node, &manifest.id, id).await
+        }
+    }
+}
+
+/// Looks for `id` in snapshots of `node` older than `newer_than`.
+async fn older_snapshot_record(
+    shared: &Shared,
+    node: &str,
+    newer_than: &str,
+    id: &AgentId,
+) -> Option<Record> {
+    let name = id.to_string();
+    let manifests = shared.snapshots.list(node).await.ok()?;
+    for m in manifests.iter().filter(|m| m.id.as_str() < newer_than) {
+        let found = async {
+            let index = shared.snapshots.index(m).await?;
+            match index.iter().find(|e| e.agent == name) {
+                Some(entry) => shared.snapshots.record(m, entry).await.map(Some),
+                None => Ok::<_, SnapshotError>(None),
+            }
+        };
+        match found.await {
+            Ok(Some(record)) => return Some(record),
+            Ok(None) => {}
+            Err(e) => warn!(agent = %id, snapshot = %m.id, error = %e, "older snapshot unreadable"),
+        }
+    }
+    None
+}
+
+/// Saves `record` for `id`; for replicated kinds also to the bucket, with
+/// compare-and-set on `revision`, which is updated.
+pub(crate) async fn save(
+    shared: &Shared,
+    id: &AgentId,
+    durability: Durability,
+    record: Record,
+    revision: &mut Option<u64>,
+) -> Result<(), CallError> {
+    let started = Instant::now();
+    let bytes = record.encode();
+    let local = shared.store.write(id, record);
+    if durability != Durability::Replicated {
+        return local
+            .await
+            .map_err(|e| unavailable(id, format!("state not saved: {e}")));
+    }
+    let bucket = shared
+        .bucket
+        .as_ref()
+        .ok_or_else(|| unavailable(id, "the replicated-state bucket is not available"))?;
+    let key = bucket_key(id);
+    let remote = async {
+        match *revision {
+            Some(rev) => bucket
+                .update(&key, bytes.into(), rev)
+                .await
+                .map_err(|e| e.to_string()),
+            None => bucket
+                .create(&key, bytes.into())
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    };
+    let (local, remote) = tokio::join!(local, remote);
+    local.map_err(|e| unavailable(id, format!("state not saved: {e}")))?;
+    match remote {
+        Ok(new) => {
+            *revision = Some(new);
+            Ok(())
+        }
+        Err(e) => {
+            info!(agent = %id, error = %e, elapsed_ms = started.elapsed().as_millis() as u64, "replicated save refused; agent fenced");
+            Err(unavailable(id, format!("replicated state not saved: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_keys_escape_what_keys_do_not_allow() {
+        let id: AgentId = "counter/a.b:c@d".parse().unwrap();
+        assert_eq!(bucket_key(&id), "counter.a=2Eb=3Ac=40d");
+        let plain: AgentId = "rcounter/alice-1_x".parse().unwrap();
+        assert_eq!(bucket_key(&plain), "rcounter.alice-1_x");
+    }
+}
