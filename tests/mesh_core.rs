@@ -433,3 +433,73 @@ async fn bad_configuration_is_refused_with_one_line_naming_it() {
         assert!(line.contains(expected), "{args:?}: {line}");
     }
 }
+
+#[tokio::test]
+async fn a_nats_restart_moves_no_agent_and_membership_resumes() {
+    let mut nats = Nats::start().await;
+    let (nodes, client) = mesh(&nats, "natsdown", 3).await;
+    let mut hosts = Vec::new();
+    for i in 0..6 {
+        let agent = format!("counter/n{i}");
+        ok(client.call(None, &agent, json!({"add": 1})).await);
+        hosts.push(client.locate("node-0", &agent).await);
+    }
+    let before: Vec<Vec<String>> = {
+        let mut all = Vec::new();
+        for node in &nodes {
+            all.push(client.agents(node.name()).await);
+        }
+        all
+    };
+
+    // NATS is gone for several member timeouts.
+    nats.stop();
+    let outage = nodes[0].spec.timeout() * 3;
+    let frozen = "NATS unreachable; membership frozen";
+    for node in &nodes {
+        let what = format!("{} to freeze its membership", node.name());
+        wait_until(&what, Duration::from_secs(10), || {
+            let log = node.log_text();
+            async move { log.contains(frozen).then_some(()) }
+        })
+        .await;
+    }
+    tokio::time::sleep(outage).await;
+    nats.restart(1).await;
+
+    // Every node reconnects; nobody left anybody's view; nothing moved.
+    let client = Client::connect(&nats, "natsdown").await;
+    for node in &nodes {
+        let what = format!("{} to answer again", node.name());
+        wait_until(&what, Duration::from_secs(20), || {
+            client.members(node.name())
+        })
+        .await;
+    }
+    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+    for node in &nodes {
+        assert!(
+            !node.log_text().contains("node left"),
+            "{} saw a node leave",
+            node.name()
+        );
+    }
+    for (i, host) in hosts.iter().enumerate() {
+        let agent = format!("counter/n{i}");
+        assert_eq!(&client.locate("node-0", &agent).await, host);
+        let reply = ok(client.call(None, &agent, json!({"get": {}})).await);
+        assert_eq!(
+            reply,
+            json!({"value": 1}),
+            "{agent} lost its state or moved"
+        );
+    }
+    for (node, agents) in nodes.iter().zip(before) {
+        let now = client.agents(node.name()).await;
+        assert!(
+            agents.iter().all(|a| now.contains(a)),
+            "{}: {agents:?} -> {now:?}",
+            node.name()
+        );
+    }
+}

@@ -93,20 +93,34 @@ impl Nats {
     pub async fn start() -> Nats {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let log = dir.path().join("nats.log");
+        let child = Self::spawn(dir.path(), port, 0).await;
+        Nats { child, port, dir }
+    }
+
+    async fn spawn(dir: &Path, port: u16, generation: u32) -> Child {
+        let log = dir.join(format!("nats-{generation}.log"));
         let child = spawn_child(
             Command::new(nats_server_bin())
                 .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(dir.path().join("js")),
+                .arg(dir.join("js")),
             &log,
         );
-        let nats = Nats { child, port, dir };
         wait_until("nats-server to be ready", Duration::from_secs(15), || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             async move { text.contains("Server is ready").then_some(()) }
         })
         .await;
-        nats
+        child
+    }
+
+    /// Stops the server (its data stays).
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+
+    /// Starts the server again on the same port and data.
+    pub async fn restart(&mut self, generation: u32) {
+        self.child = Self::spawn(self.dir.path(), self.port, generation).await;
     }
 
     /// The URL clients connect to.

@@ -8,7 +8,8 @@
 //!    announcing, so it leaves every view even though its sockets stay open.
 //! 3. A stopping node publishes a goodbye, which removes it at once.
 //! 4. A node that notices its own clock jumped (it was paused) forgives its
-//!    peers' silence instead of declaring them all dead.
+//!    peers' silence instead of declaring them all dead; so does a node that
+//!    lost NATS, until it is back: placement freezes rather than splits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +62,7 @@ pub(crate) async fn spawn(shared: Arc<Shared>, nats: async_nats::Client) -> anyh
         shared,
         nats,
         last_check: Instant::now(),
+        frozen: false,
     };
     tokio::spawn(task.run(announcements, goodbyes, leave_rx));
     Ok(Handle { leave })
@@ -70,6 +72,8 @@ struct Discovery {
     shared: Arc<Shared>,
     nats: async_nats::Client,
     last_check: Instant,
+    /// Whether membership is frozen because NATS is unreachable.
+    frozen: bool,
 }
 
 impl Discovery {
@@ -154,6 +158,20 @@ impl Discovery {
             );
             members.forgive(now);
             return;
+        }
+        // Without NATS we hear nobody: that is not evidence that anyone died.
+        // Membership freezes until the connection is back.
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            if !self.frozen {
+                warn!("NATS unreachable; membership frozen");
+                self.frozen = true;
+            }
+            members.forgive(now);
+            return;
+        }
+        if self.frozen {
+            info!("NATS reachable again; membership resumes");
+            self.frozen = false;
         }
         let changes = members.expire(now);
         drop(members);
