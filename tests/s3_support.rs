@@ -9,10 +9,10 @@
 //!   stops on SIGTERM in about 2.5 s (`weed server -s3` ignores SIGTERM).
 //! - Every listener obeys `-ip.bind`; with the flags below it opens exactly
 //!   the ten TCP ports in [`Ports`], all on 127.0.0.1, and no UDP port.
-//! - The admin server cannot be turned off (`-admin.ui=false` only drops the
-//!   UI), and its built-in worker dials the admin gRPC port at the admin HTTP
-//!   port + 10000 whatever `-admin.port.grpc` says, so the helper picks the
-//!   pair that way.
+//! - `weed mini -h` offers no way to turn the admin server off
+//!   (`-admin.ui=false` only drops the UI), and its built-in worker dials the
+//!   admin gRPC port at admin HTTP port + 10000 whatever `-admin.port.grpc`
+//!   says, so the helper picks the pair that way.
 //! - The S3 port answers HTTP (403) about 0.3 s before `-bucket` has created
 //!   the bucket, so readiness waits for the log banner printed after bucket
 //!   creation and checks the bucket directory through the filer.
