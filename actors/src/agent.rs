@@ -41,6 +41,11 @@ pub trait Agent: Send + 'static {
     /// The version of `State`'s encoding; raise it when `State` changes
     /// shape, and teach [`Agent::migrate`] to read the older versions.
     const STATE_VERSION: u16 = 1;
+    /// How many crashes within [`Agent::RESTART_WINDOW`] the supervisor
+    /// restarts; one more marks the agent failed.
+    const MAX_RESTARTS: u32 = 5;
+    /// The window over which crashes are counted.
+    const RESTART_WINDOW: Duration = Duration::from_secs(10);
     /// The agent's state; a new agent starts from `Default`.
     type State: Serialize + DeserializeOwned + Default + Send + 'static;
     /// What the agent accepts.
@@ -161,6 +166,15 @@ pub enum CallError {
         /// What went wrong.
         reason: String,
     },
+    /// The agent crashed more often than its restart limit allows; it stays
+    /// down until an operator resets it or its node restarts.
+    #[error("{agent} failed: {reason}")]
+    Failed {
+        /// The agent.
+        agent: String,
+        /// The crash history.
+        reason: String,
+    },
 }
 
 impl CallError {
@@ -176,6 +190,7 @@ impl CallError {
             CallError::TooLarge { .. } => "too_large",
             CallError::Crashed { .. } => "crashed",
             CallError::Internal { .. } => "internal",
+            CallError::Failed { .. } => "failed",
         }
     }
 

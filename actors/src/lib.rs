@@ -10,7 +10,7 @@
 //! - [`json`]: a JSON value that also travels in the binary codec;
 //! - [`registry`]: the kinds a node can host, with type erasure so the
 //!   runtime can route raw bytes and JSON;
-//! - built-in kinds: [`echo`], [`counter`], [`relay`].
+//! - built-in kinds: [`echo`], [`counter`], [`relay`], [`probe`].
 
 pub mod agent;
 pub mod codec;
@@ -18,6 +18,7 @@ pub mod counter;
 pub mod echo;
 pub mod id;
 pub mod json;
+pub mod probe;
 pub mod registry;
 pub mod relay;
 
@@ -33,5 +34,6 @@ pub fn builtin_registry() -> Registry {
     registry.register::<counter::Counter>();
     registry.register::<counter::ReplicatedCounter>();
     registry.register::<relay::Relay>();
+    registry.register::<probe::Probe>();
     registry
 }

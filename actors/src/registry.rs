@@ -32,6 +32,8 @@ pub trait Kind: Send + Sync + 'static {
     fn reply_to_json(&self, to: &AgentId, reply: &[u8]) -> Result<serde_json::Value, CallError>;
     /// The version of the kind's state encoding.
     fn state_version(&self) -> u16;
+    /// How many crashes in how long the supervisor restarts.
+    fn restart_limit(&self) -> (u32, std::time::Duration);
     /// A live instance, from a stored state (`version`, bytes) or fresh.
     fn instantiate(&self, stored: Option<(u16, &[u8])>) -> Result<Box<dyn Instance>, CallError>;
 }
@@ -96,6 +98,10 @@ impl<A: Agent> Kind for TypedKind<A> {
 
     fn state_version(&self) -> u16 {
         A::STATE_VERSION
+    }
+
+    fn restart_limit(&self) -> (u32, std::time::Duration) {
+        (A::MAX_RESTARTS, A::RESTART_WINDOW)
     }
 
     fn instantiate(&self, stored: Option<(u16, &[u8])>) -> Result<Box<dyn Instance>, CallError> {

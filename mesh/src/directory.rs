@@ -4,7 +4,7 @@
 //! and placement over the nodes this node can reach, which every node
 //! computes alike from the same member list.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use actors::AgentId;
@@ -25,6 +25,8 @@ pub enum Location {
 #[derive(Debug, Default)]
 pub(crate) struct Directory {
     live: Mutex<HashMap<AgentId, ActorRef<Delivery>>>,
+    /// Agents past their restart limit, with the reason.
+    failed: Mutex<BTreeMap<AgentId, String>>,
 }
 
 impl Directory {
@@ -60,6 +62,25 @@ impl Directory {
             .collect();
         names.sort();
         names
+    }
+
+    /// Marks agent `id` failed, with the reason.
+    pub(crate) fn mark_failed(&self, id: AgentId, reason: String) {
+        self.failed
+            .lock()
+            .expect("directory lock")
+            .insert(id, reason);
+    }
+
+    /// Why agent `id` is failed, if it is.
+    pub(crate) fn failure(&self, id: &AgentId) -> Option<String> {
+        self.failed.lock().expect("directory lock").get(id).cloned()
+    }
+
+    /// Every failed agent, with the reason.
+    pub(crate) fn failed(&self) -> Vec<(AgentId, String)> {
+        let failed = self.failed.lock().expect("directory lock");
+        failed.iter().map(|(a, r)| (a.clone(), r.clone())).collect()
     }
 
     /// How many agents are live here.

@@ -185,6 +185,18 @@ pub struct AgentsReply {
     pub node: String,
     /// Its live agents.
     pub agents: Vec<String>,
+    /// Agents past their restart limit, with the reason.
+    #[serde(default)]
+    pub failed: Vec<FailedAgent>,
+}
+
+/// An agent that crashed past its restart limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedAgent {
+    /// The agent.
+    pub agent: String,
+    /// Its crash history.
+    pub reason: String,
 }
 
 /// Subscribes to the gateway and admin subjects and serves them.
@@ -308,6 +320,15 @@ pub(crate) async fn admin(shared: &Shared, body: &[u8]) -> Response {
                 .names()
                 .iter()
                 .map(|a| a.to_string())
+                .collect(),
+            failed: shared
+                .directory
+                .failed()
+                .into_iter()
+                .map(|(agent, reason)| FailedAgent {
+                    agent: agent.to_string(),
+                    reason,
+                })
                 .collect(),
         }),
         AdminRequest::Locate { agent } => {

@@ -7,13 +7,15 @@
 //! the handler's result, or with [`CallError::Crashed`] if the handler
 //! panicked and the message was dropped unanswered.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actors::registry::Instance;
 use actors::{AgentId, CallError, Context, Kind};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::node::Shared;
 use crate::state;
@@ -216,28 +218,90 @@ impl ractor::Message for SupervisorMessage {}
 /// The parent of every live agent on a node.
 pub(crate) struct Supervisor;
 
+/// The first restart delay after a crash; it doubles with each crash in the
+/// window, up to [`MAX_RESTART_DELAY`].
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(20);
+/// The longest restart delay.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(2);
+
+/// The supervisor's memory of crashes.
+pub(crate) struct SupervisorState {
+    shared: Arc<Shared>,
+    /// Recent crash times per agent, within its restart window.
+    crashes: HashMap<AgentId, VecDeque<Instant>>,
+    /// When each recently crashed agent may start again.
+    not_before: HashMap<AgentId, Instant>,
+}
+
+impl SupervisorState {
+    /// Records a crash of `agent` and decides: restart later, or fail.
+    fn crashed(&mut self, agent: AgentId, error: &str) {
+        self.shared.stats.agent_crashes.inc();
+        let Ok(kind) = self.shared.registry.kind_of(&agent) else {
+            return;
+        };
+        let (max, window) = kind.restart_limit();
+        let now = Instant::now();
+        let history = self.crashes.entry(agent.clone()).or_default();
+        history.push_back(now);
+        while history
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            history.pop_front();
+        }
+        let count = history.len() as u32;
+        if count > max {
+            let reason = format!(
+                "crashed {count} times within {}s (limit {max}); last: {error}",
+                window.as_secs()
+            );
+            error!(agent = %agent, crashes = count, "agent failed: restart limit reached");
+            self.shared.directory.mark_failed(agent, reason);
+            return;
+        }
+        let delay = FIRST_RESTART_DELAY
+            .saturating_mul(1 << (count - 1).min(16))
+            .min(MAX_RESTART_DELAY);
+        warn!(
+            agent = %agent,
+            crashes = count,
+            delay_ms = delay.as_millis() as u64,
+            error = %error,
+            "agent crashed; restarting"
+        );
+        self.not_before.insert(agent, now + delay);
+    }
+}
+
 impl Actor for Supervisor {
     type Msg = SupervisorMessage;
-    type State = Arc<Shared>;
+    type State = SupervisorState;
     type Arguments = Arc<Shared>;
 
     async fn pre_start(
         &self,
         _: ActorRef<SupervisorMessage>,
         shared: Arc<Shared>,
-    ) -> Result<Arc<Shared>, ActorProcessingErr> {
-        Ok(shared)
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            shared,
+            crashes: HashMap::new(),
+            not_before: HashMap::new(),
+        })
     }
 
     async fn handle(
         &self,
         myself: ActorRef<SupervisorMessage>,
         message: SupervisorMessage,
-        shared: &mut Arc<Shared>,
+        state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMessage::Deliver(delivery) => {
-                activate_and_deliver(shared, &myself, delivery).await
+                if let Some(delivery) = state.hold_back(&myself, delivery) {
+                    activate_and_deliver(&state.shared, &myself, delivery).await
+                }
             }
         }
         Ok(())
@@ -247,21 +311,61 @@ impl Actor for Supervisor {
         &self,
         _: ActorRef<SupervisorMessage>,
         event: SupervisionEvent,
-        shared: &mut Arc<Shared>,
+        state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                shared.directory.remove_actor(cell.get_id());
+                state.shared.directory.remove_actor(cell.get_id());
             }
             SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(agent) = shared.directory.remove_actor(cell.get_id()) {
-                    shared.stats.agent_crashes.inc();
-                    warn!(agent = %agent, error = %error, "agent crashed; it restarts on its next message");
+                if let Some(agent) = state.shared.directory.remove_actor(cell.get_id()) {
+                    state.crashed(agent, &error.to_string());
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl SupervisorState {
+    /// Answers deliveries to failed agents, and delays those to agents in
+    /// their restart backoff; returns the delivery to go ahead with.
+    fn hold_back(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+        delivery: Delivery,
+    ) -> Option<Delivery> {
+        if let Some(reason) = self.shared.directory.failure(&delivery.to) {
+            let agent = delivery.to.to_string();
+            delivery
+                .reply
+                .send(Err(CallError::Failed { agent, reason }));
+            return None;
+        }
+        let wait = self
+            .not_before
+            .get(&delivery.to)
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero());
+        let Some(wait) = wait else {
+            self.not_before.remove(&delivery.to);
+            return Some(delivery);
+        };
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Err(ractor::MessagingErr::SendErr(SupervisorMessage::Deliver(d))) =
+                myself.send_message(SupervisorMessage::Deliver(delivery))
+            {
+                let agent = d.to.to_string();
+                d.reply.send(Err(CallError::Unavailable {
+                    agent,
+                    reason: "the node is stopping".into(),
+                }));
+            }
+        });
+        None
     }
 }
 

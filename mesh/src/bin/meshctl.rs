@@ -264,17 +264,30 @@ impl Ctl {
                 &AdminRequest::Agents,
             )
         });
-        let mut rows = Vec::new();
-        for (member, answer) in members
-            .members
-            .iter()
-            .zip(futures::future::join_all(asks).await)
-        {
-            match answer.and_then(|v| {
+        // (agent, node, status)
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        let answers = futures::future::join_all(asks).await;
+        for (member, answer) in members.members.iter().zip(answers) {
+            let reply = answer.and_then(|v| {
                 serde_json::from_value::<AgentsReply>(v)
                     .map_err(|e| Failure::mesh(format!("unreadable agent list: {e}")))
-            }) {
-                Ok(reply) => rows.extend(reply.agents.into_iter().map(|a| (a, reply.node.clone()))),
+            });
+            match reply {
+                Ok(reply) => {
+                    let node = reply.node;
+                    rows.extend(
+                        reply
+                            .agents
+                            .into_iter()
+                            .map(|a| (a, node.clone(), "live".into())),
+                    );
+                    rows.extend(
+                        reply
+                            .failed
+                            .into_iter()
+                            .map(|f| (f.agent, node.clone(), format!("failed: {}", f.reason))),
+                    );
+                }
                 Err(Failure(_, why)) => {
                     eprintln!("meshctl: node {} did not answer: {why}", member.name)
                 }
@@ -284,14 +297,16 @@ impl Ctl {
         if json {
             let list: Vec<_> = rows
                 .iter()
-                .map(|(agent, node)| serde_json::json!({"agent": agent, "node": node}))
+                .map(|(agent, node, status)| {
+                    serde_json::json!({"agent": agent, "node": node, "status": status})
+                })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&list).expect("encodes"));
             return Ok(());
         }
-        println!("{:<40} NODE", "AGENT");
-        for (agent, node) in rows {
-            println!("{agent:<40} {node}");
+        println!("{:<40} {:<20} STATUS", "AGENT", "NODE");
+        for (agent, node, status) in rows {
+            println!("{agent:<40} {node:<20} {status}");
         }
         Ok(())
     }
