@@ -25,8 +25,12 @@ fn durable_spec(cluster: &str, name: &str, zone: &str, root: &Path) -> NodeSpec 
     spec
 }
 
+/// How long an agent of a dead node may take to come back elsewhere.
+const FAILOVER: Duration = Duration::from_secs(15);
+
 async fn value(client: &Client, node: &str, agent: &str) -> i64 {
-    let reply = ok(client.call(Some(node), agent, json!({"get": {}})).await);
+    let get = json!({"get": {}});
+    let reply = client.call_until_ok(Some(node), agent, get, FAILOVER).await;
     reply["value"].as_i64().expect("a counter value")
 }
 

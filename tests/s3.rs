@@ -49,7 +49,10 @@ fn bucket(s3: &SeaweedS3) -> impl ObjectStore {
 }
 
 async fn value(client: &Client, node: &str, agent: &str) -> i64 {
-    let reply = ok(client.call(Some(node), agent, json!({"get": {}})).await);
+    let get = json!({"get": {}});
+    let reply = client
+        .call_until_ok(Some(node), agent, get, Duration::from_secs(15))
+        .await;
     reply["value"].as_i64().expect("a counter value")
 }
 

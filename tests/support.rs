@@ -352,6 +352,31 @@ impl Client {
         self.request(subject, body).await.expect("a node answers")
     }
 
+    /// Calls until the reply is not a retryable error (`unavailable`,
+    /// `node_lost`, `timeout`): what a client does while an agent fails
+    /// over. Panics naming the last error after `timeout`.
+    pub async fn call_until_ok(
+        &self,
+        node: Option<&str>,
+        agent: &str,
+        msg: serde_json::Value,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let what = format!("{agent} to answer through {node:?}");
+        wait_until(&what, timeout, || async {
+            match self.call(node, agent, msg.clone()).await {
+                Response::Ok(v) => Some(v),
+                Response::Error(e)
+                    if ["unavailable", "node_lost", "timeout"].contains(&e.code.as_str()) =>
+                {
+                    None
+                }
+                Response::Error(e) => panic!("{agent}: {} ({})", e.message, e.code),
+            }
+        })
+        .await
+    }
+
     async fn admin(&self, node: &str, request: AdminRequest) -> Option<serde_json::Value> {
         let subject = subjects::node_admin(&self.cluster, node);
         match self

@@ -65,6 +65,12 @@ pub trait Agent: Send + 'static {
         )))
     }
 
+    /// Whether handling `msg` twice has the same effect as once; the mesh
+    /// retries such a message once on the new owner when its node is lost.
+    fn is_idempotent(_msg: &Self::Message) -> bool {
+        false
+    }
+
     /// Handles one message and returns the reply.
     ///
     /// An error is returned to the caller; a panic crashes the agent, which

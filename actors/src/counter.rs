@@ -48,6 +48,10 @@ impl Agent for Counter {
     type Message = CounterMessage;
     type Reply = CounterReply;
 
+    fn is_idempotent(msg: &CounterMessage) -> bool {
+        matches!(msg, CounterMessage::Get {})
+    }
+
     async fn handle(
         total: &mut i64,
         _: &Context,
@@ -63,6 +67,10 @@ impl Agent for ReplicatedCounter {
     type State = i64;
     type Message = CounterMessage;
     type Reply = CounterReply;
+
+    fn is_idempotent(msg: &CounterMessage) -> bool {
+        matches!(msg, CounterMessage::Get {})
+    }
 
     async fn handle(
         total: &mut i64,

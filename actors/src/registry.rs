@@ -34,6 +34,8 @@ pub trait Kind: Send + Sync + 'static {
     fn state_version(&self) -> u16;
     /// How many crashes in how long the supervisor restarts.
     fn restart_limit(&self) -> (u32, std::time::Duration);
+    /// Whether the encoded message may be delivered twice.
+    fn is_idempotent(&self, payload: &[u8]) -> bool;
     /// A live instance, from a stored state (`version`, bytes) or fresh.
     fn instantiate(&self, stored: Option<(u16, &[u8])>) -> Result<Box<dyn Instance>, CallError>;
 }
@@ -102,6 +104,10 @@ impl<A: Agent> Kind for TypedKind<A> {
 
     fn restart_limit(&self) -> (u32, std::time::Duration) {
         (A::MAX_RESTARTS, A::RESTART_WINDOW)
+    }
+
+    fn is_idempotent(&self, payload: &[u8]) -> bool {
+        codec::decode::<A::Message>(payload).is_ok_and(|m| A::is_idempotent(&m))
     }
 
     fn instantiate(&self, stored: Option<(u16, &[u8])>) -> Result<Box<dyn Instance>, CallError> {

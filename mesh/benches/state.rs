@@ -363,7 +363,8 @@ async fn write_section(settings: &Settings) -> anyhow::Result<String> {
     for writers in WRITER_COUNTS {
         eprintln!("  {writers} writers");
         let samples = group_commit_samples(settings, writers).await?;
-        let name = format!("group commit, {} writers", thousands(writers as u64));
+        let plural = if writers == 1 { "" } else { "s" };
+        let name = format!("group commit, {} writer{plural}", thousands(writers as u64));
         rows.push((name, samples));
     }
 
@@ -663,7 +664,7 @@ fn snapshot_section(
     let _ = writeln!(
         out,
         "{} agents of {SNAPSHOT_STATE_BYTES} bytes of random state ({:.1} MB of state; \
-         filling the store took {}, untimed). A snapshot is {} data objects of {:.1} MB \
+         filling the store took {}, untimed). A snapshot is {} data object(s) of {:.1} MB \
          in all, plus an index of {:.1} MB and a manifest. The raw baseline puts the same \
          number of objects with the same sizes, one after another, as a snapshot does. \
          MB/s is data-object bytes (10^6) per second.\n",

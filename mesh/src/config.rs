@@ -31,6 +31,8 @@ pub const DEFAULT_MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// How long a gateway call waits when the request does not say.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node's ownership lease lasts without renewal.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(1);
 /// How often a node snapshots its agents' state.
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
 /// How many complete snapshots a node keeps.
@@ -135,6 +137,9 @@ pub struct NodeArgs {
     /// How many complete snapshots to keep.
     #[arg(long, env = "MESH_SNAPSHOT_KEEP", value_name = "N")]
     pub snapshot_keep: Option<usize>,
+    /// Ownership lease; a dead node's agents move after about this long.
+    #[arg(long, env = "MESH_LEASE", value_name = "DURATION")]
+    pub lease: Option<String>,
 }
 
 /// The keys of the configuration file; all optional.
@@ -160,6 +165,7 @@ struct FileConfig {
     s3_region: Option<String>,
     snapshot_interval: Option<String>,
     snapshot_keep: Option<usize>,
+    lease: Option<String>,
 }
 
 /// A node's checked configuration.
@@ -199,6 +205,8 @@ pub struct Config {
     pub snapshot_interval: Duration,
     /// How many complete snapshots to keep.
     pub snapshot_keep: usize,
+    /// How long an ownership lease lasts without renewal.
+    pub lease: Duration,
 }
 
 /// Where snapshots are written.
@@ -371,6 +379,14 @@ impl Config {
         if snapshot_keep == 0 {
             return Err(invalid("snapshot_keep", "0", "keep at least one snapshot"));
         }
+        let lease = duration("lease", text(args.lease, file.lease))?.unwrap_or(DEFAULT_LEASE);
+        if lease < Duration::from_millis(200) {
+            return Err(invalid(
+                "lease",
+                &humantime::format_duration(lease).to_string(),
+                "must be at least 200ms",
+            ));
+        }
 
         Ok(Config {
             cluster,
@@ -390,6 +406,7 @@ impl Config {
             snapshots,
             snapshot_interval,
             snapshot_keep,
+            lease,
         })
     }
 }

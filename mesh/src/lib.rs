@@ -9,6 +9,7 @@
 //! - [`link`]: one authenticated cluster link per pair of nodes;
 //! - [`wire`]: the versioned frames links carry;
 //! - [`directory`]: where an agent lives (live here, or placed);
+//! - [`ownership`]: leases and single activation in NATS JetStream KV;
 //! - [`supervision`]: agents as actors under a per-node supervisor;
 //! - [`state`]: where an agent's state is loaded from and saved to;
 //! - [`storage`]: the node's sled store, with group commit and fencing;
@@ -29,6 +30,7 @@ pub mod link;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod ownership;
 pub mod snapshot;
 pub mod state;
 pub mod storage;

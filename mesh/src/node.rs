@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actors::{AgentId, CallError, Caller, Registry};
 use futures::future::BoxFuture;
@@ -28,11 +28,17 @@ use crate::directory::{Directory, Location};
 use crate::link::{self, Link, LinkEvent, LinkFrame};
 use crate::membership::{Announcement, Membership, ANNOUNCEMENT_VERSION};
 use crate::metrics::Stats;
+use crate::ownership::{self, Ownership};
 use crate::snapshot::{self, Catalog, Manifest, RestoreReport, SnapshotError, Snapshots};
 use crate::storage::{Record, Store};
 use crate::supervision::{Delivery, ReplySlot, ReplyTo, Supervisor, SupervisorMessage};
 use crate::wire::{self, Frame};
 use crate::{discovery, gateway};
+
+/// How often a retry looks for the agent's new owner.
+const RETRY_POLL: Duration = Duration::from_millis(25);
+/// How many times a call may be forwarded between nodes.
+const MAX_HOPS: u8 = 3;
 
 /// A call waiting for its reply from another node.
 #[derive(Debug)]
@@ -58,9 +64,12 @@ pub(crate) struct Shared {
     pub(crate) snapshots: Snapshots,
     pub(crate) catalog: tokio::sync::Mutex<Catalog>,
     pub(crate) bucket: Option<async_nats::jetstream::kv::Store>,
+    pub(crate) ownership: Option<Arc<Ownership>>,
     /// Serializes snapshots and restores of this node.
     pub(crate) snapshot_lock: tokio::sync::Mutex<()>,
     pub(crate) last_snapshot_ms: AtomicU64,
+    /// Set once shutdown begins: no new activations.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     name: Arc<str>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_call: AtomicU64,
@@ -132,13 +141,25 @@ impl Shared {
         }
     }
 
-    /// Where agent `id` lives, or `None` if no node can host it.
+    /// Where messages for agent `id` go: where it is live, else to its
+    /// owner if that node is alive and linked, else where placement puts it
+    /// among this node and the peers it has a link to.
     pub(crate) fn locate(&self, id: &AgentId) -> Location {
         if self.directory.live(id).is_some() {
             return Location::Local;
         }
-        let key = id.to_string();
         let links = self.links.read().expect("link table lock");
+        if let Some(ownership) = &self.ownership {
+            if let Some(owner) = ownership.cached_owner(id) {
+                if owner.node == self.config.name {
+                    return Location::Local;
+                }
+                if links.contains_key(&owner.node) && ownership.is_alive(&owner.node) {
+                    return Location::Remote(owner.node);
+                }
+            }
+        }
+        let key = id.to_string();
         let mut candidates: Vec<&str> = Vec::with_capacity(links.len() + 1);
         candidates.push(&self.config.name);
         candidates.extend(links.keys().map(String::as_str));
@@ -161,6 +182,9 @@ impl Shared {
 
     /// Calls agent `to` and waits at most `timeout` for its reply.
     ///
+    /// A message the kind marks idempotent is tried once more, on the new
+    /// owner, when the node that had it is lost mid-call.
+    ///
     /// # Cancel safety
     /// Dropping the future abandons the call: its pending slot is removed
     /// when the reply or the link loss comes, and nothing else is held.
@@ -171,16 +195,54 @@ impl Shared {
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
         self.check_size(&payload)?;
-        self.registry.kind_of(&to)?;
+        let kind = self.registry.kind_of(&to)?;
+        let deadline = Instant::now() + timeout;
+        let retry = kind.is_idempotent(&payload).then(|| payload.clone());
+        let first = self.call_once(to.clone(), payload, deadline, None).await;
+        let (Err(CallError::NodeLost { node, .. }), Some(payload)) = (&first, retry) else {
+            return first;
+        };
+        // Wait until the agent has somewhere else to go, then try once more.
+        let lost = node.clone();
+        while Instant::now() < deadline {
+            if self.locate(&to) != Location::Remote(lost.clone()) {
+                debug!(agent = %to, lost = %lost, "retrying an idempotent call on the new owner");
+                return self.call_once(to, payload, deadline, None).await;
+            }
+            tokio::time::sleep(RETRY_POLL).await;
+        }
+        first
+    }
+
+    /// Sends one call, to `via` if given (forwarding) or where `locate`
+    /// says, and waits for the reply until `deadline`.
+    pub(crate) async fn call_once(
+        &self,
+        to: AgentId,
+        payload: Vec<u8>,
+        deadline: Instant,
+        via: Option<(String, u8)>,
+    ) -> Result<Vec<u8>, CallError> {
         let (tx, rx) = oneshot::channel();
         let agent = to.to_string();
-        let id = match self.locate(&to) {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let (location, hops) = match via {
+            Some((node, hops)) => (Location::Remote(node), hops),
+            None => (self.locate(&to), 0),
+        };
+        let id = match location {
             Location::Local => {
                 let reply = ReplySlot::new(ReplyTo::Local(tx), self.strong());
-                self.deliver(Delivery { to, payload, reply });
+                self.deliver(Delivery {
+                    to,
+                    payload,
+                    reply,
+                    hops,
+                    timeout,
+                });
                 None
             }
-            Location::Remote(node) => Some(self.send_call(node, to, payload, timeout, tx)?),
+            Location::Remote(node) => Some(self.send_call(node, to, payload, timeout, tx, hops)?),
         };
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -199,6 +261,31 @@ impl Shared {
         }
     }
 
+    /// Sends a delivery that reached the wrong node on to `node`, unless it
+    /// has travelled too far already.
+    pub(crate) fn forward(self: &Arc<Self>, delivery: Delivery, node: String) {
+        let Delivery {
+            to,
+            payload,
+            reply,
+            hops,
+            timeout,
+        } = delivery;
+        if hops >= MAX_HOPS {
+            let agent = to.to_string();
+            let reason = format!("ownership moved {hops} times in flight; try again");
+            return reply.send(Err(CallError::Unavailable { agent, reason }));
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + timeout;
+            let result = shared
+                .call_once(to, payload, deadline, Some((node, hops + 1)))
+                .await;
+            reply.send(result);
+        });
+    }
+
     fn send_call(
         &self,
         node: String,
@@ -206,6 +293,7 @@ impl Shared {
         payload: Vec<u8>,
         timeout: Duration,
         reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
+        hops: u8,
     ) -> Result<u64, CallError> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let agent = to.to_string();
@@ -214,6 +302,7 @@ impl Shared {
             from: self.config.name.clone(),
             to,
             timeout_ms: timeout.as_millis() as u64,
+            hops,
             payload,
         };
         self.pending.lock().expect("pending lock").insert(
@@ -239,7 +328,14 @@ impl Shared {
         match self.locate(&to) {
             Location::Local => {
                 let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
-                self.deliver(Delivery { to, payload, reply });
+                let timeout = self.config.call_timeout;
+                self.deliver(Delivery {
+                    to,
+                    payload,
+                    reply,
+                    hops: 0,
+                    timeout,
+                });
                 Ok(())
             }
             Location::Remote(node) => {
@@ -248,6 +344,13 @@ impl Shared {
                     .map_err(|reason| CallError::Unavailable { agent, reason })
             }
         }
+    }
+
+    /// The node's supervisor.
+    pub(crate) fn supervisor(&self) -> &ActorRef<SupervisorMessage> {
+        self.supervisor
+            .get()
+            .expect("supervisor starts before traffic")
     }
 
     /// Hands a message to a local agent, activating it if needed.
@@ -303,15 +406,29 @@ impl Shared {
                 from,
                 to,
                 payload,
-                ..
+                hops,
+                timeout_ms,
             } => {
                 self.stats.calls_in.inc();
                 let reply = ReplySlot::new(ReplyTo::Remote { node: from, id }, self.strong());
-                self.deliver(Delivery { to, payload, reply });
+                self.deliver(Delivery {
+                    to,
+                    payload,
+                    reply,
+                    hops,
+                    timeout: Duration::from_millis(timeout_ms),
+                });
             }
             Frame::Cast { to, payload } => {
                 let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
-                self.deliver(Delivery { to, payload, reply });
+                let timeout = self.config.call_timeout;
+                self.deliver(Delivery {
+                    to,
+                    payload,
+                    reply,
+                    hops: 0,
+                    timeout,
+                });
             }
             Frame::Reply { id, result } => {
                 let pending = self.pending.lock().expect("pending lock").remove(&id);
@@ -437,6 +554,35 @@ impl Shared {
     }
 }
 
+/// How long shutdown waits for one agent to finish its queued messages.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+/// How often the node checks its own lease.
+const FENCE_CHECK: Duration = Duration::from_millis(20);
+
+/// Stops every live agent as soon as this node's lease lapses: another node
+/// may take them over once the lease has expired in its view.
+async fn fence_when_lease_lapses(shared: Arc<Shared>) {
+    let ownership = shared.ownership.clone().expect("fencing needs ownership");
+    let mut tick = tokio::time::interval(FENCE_CHECK);
+    loop {
+        tick.tick().await;
+        if ownership.lease_valid() {
+            continue;
+        }
+        let live = shared.directory.names();
+        if live.is_empty() {
+            continue;
+        }
+        warn!(agents = live.len(), "lease lapsed: stopping every agent");
+        for id in live {
+            if let Some(actor) = shared.directory.live(&id) {
+                shared.directory.remove_actor(actor.get_id());
+                actor.stop(Some("lease lapsed".into()));
+            }
+        }
+    }
+}
+
 /// Takes a snapshot every interval; a failure is retried at the next tick.
 async fn periodic_snapshots(shared: Arc<Shared>) {
     let interval = shared.config.snapshot_interval;
@@ -463,7 +609,7 @@ pub struct Node {
     supervisor: ActorRef<SupervisorMessage>,
     discovery: discovery::Handle,
     gateway: tokio::task::JoinHandle<()>,
-    snapshotter: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -490,6 +636,21 @@ impl Node {
                 None
             }
         };
+        let ownership = match Ownership::open(
+            &nats,
+            &config.cluster,
+            &config.name,
+            incarnation,
+            config.lease,
+        )
+        .await
+        {
+            Ok(ownership) => Some(ownership),
+            Err(e) => {
+                warn!(error = %e, "no ownership bucket: single activation is not guaranteed");
+                None
+            }
+        };
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let shared = Arc::new_cyclic(|me| Shared {
             members: RwLock::new(Membership::new(&config.name, config.member_timeout)),
@@ -506,8 +667,10 @@ impl Node {
             snapshots,
             catalog: tokio::sync::Mutex::new(Catalog::default()),
             bucket,
+            ownership,
             snapshot_lock: tokio::sync::Mutex::new(()),
             last_snapshot_ms: AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             supervisor: OnceLock::new(),
@@ -526,6 +689,15 @@ impl Node {
         let gateway = gateway::spawn(shared.clone(), nats.clone()).await?;
         let discovery = discovery::spawn(shared.clone(), nats.clone()).await?;
         let snapshotter = tokio::spawn(periodic_snapshots(shared.clone()));
+        let mut background = vec![snapshotter];
+        if let Some(ownership) = &shared.ownership {
+            background.push(tokio::spawn(ownership::renew_forever(ownership.clone())));
+            background.push(tokio::spawn(ownership::watch_forever(
+                ownership.clone(),
+                nats.clone(),
+            )));
+            background.push(tokio::spawn(fence_when_lease_lapses(shared.clone())));
+        }
         info!(
             node = %shared.config.name,
             cluster = %shared.config.cluster,
@@ -541,7 +713,7 @@ impl Node {
             supervisor,
             discovery,
             gateway,
-            snapshotter,
+            background,
         })
     }
 
@@ -555,13 +727,32 @@ impl Node {
         self.shared.caller()
     }
 
-    /// Leaves the cluster: says goodbye, then stops every part.
+    /// Leaves the cluster, in an order that loses nothing acknowledged:
+    /// 1. say goodbye, so peers stop routing here;
+    /// 2. stop every agent after the messages already queued for it;
+    /// 3. release their ownership and this node's lease, so peers take
+    ///    them over at once instead of after the lease;
+    /// 4. take a final snapshot, then close links and NATS.
     pub async fn shutdown(self) {
         info!(node = %self.shared.config.name, "node stopping");
         self.gateway.abort();
-        self.snapshotter.abort();
+        self.shared.stopping.store(true, Ordering::Release);
         self.discovery.leave().await;
-        // Stop the agents first, so the final snapshot has their last word.
+        let agents = self.shared.directory.names();
+        for id in &agents {
+            if let Some(actor) = self.shared.directory.live(id) {
+                let _ = actor.drain_and_wait(Some(SHUTDOWN_DRAIN)).await;
+            }
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        if let Some(ownership) = &self.shared.ownership {
+            for id in &agents {
+                ownership.release(id).await;
+            }
+            ownership.leave().await;
+        }
         self.supervisor.stop(None);
         if !self.shared.store.is_empty() {
             if let Err(e) = self.shared.take_snapshot().await {

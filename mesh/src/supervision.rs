@@ -11,13 +11,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::panic::AssertUnwindSafe;
+
 use actors::registry::Instance;
 use actors::{AgentId, CallError, Context, Kind};
+use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::node::Shared;
+use crate::ownership::Refusal;
 use crate::state;
 use crate::storage::Record;
 use crate::wire::Frame;
@@ -94,6 +98,10 @@ pub(crate) struct Delivery {
     pub(crate) to: AgentId,
     pub(crate) payload: Vec<u8>,
     pub(crate) reply: ReplySlot,
+    /// How many times it was forwarded between nodes.
+    pub(crate) hops: u8,
+    /// How long its caller waits (for forwarding).
+    pub(crate) timeout: Duration,
 }
 
 impl ractor::Message for Delivery {}
@@ -108,7 +116,23 @@ struct AgentState {
     kind: Arc<dyn Kind>,
     ctx: Context,
     shared: Arc<Shared>,
-    live: Option<Live>,
+    mode: Mode,
+}
+
+/// What the actor does with the messages it receives.
+enum Mode {
+    /// Not activated yet: the first message activates it.
+    Idle,
+    /// Activated: messages go to the handler.
+    Serving(Live),
+    /// Another node owns the agent: messages go there, then the actor ends.
+    Forwarding(String),
+    /// The agent cannot run here now: messages get this error, then the
+    /// actor ends, and the next message starts a fresh activation.
+    Refusing(CallError),
+    /// The handler panicked: queued messages go back to the supervisor,
+    /// which restarts the agent (after its backoff) and delivers them.
+    Restarting,
 }
 
 /// The agent's state, once loaded.
@@ -119,32 +143,118 @@ struct Live {
     revision: Option<u64>,
 }
 
+/// Claims agent `id`, loads its newest state and builds the instance.
+async fn activate(shared: &Shared, id: &AgentId, kind: &Arc<dyn Kind>) -> Result<Live, Mode> {
+    let refuse = |e: CallError| Mode::Refusing(e);
+    let unavailable = |reason: String| {
+        Mode::Refusing(CallError::Unavailable {
+            agent: id.to_string(),
+            reason,
+        })
+    };
+    let claimed = match &shared.ownership {
+        Some(ownership) => match ownership.acquire(id).await {
+            Ok(epoch) => Some(epoch),
+            Err(Refusal::OwnedBy(node)) => return Err(Mode::Forwarding(node)),
+            Err(Refusal::Unavailable(reason)) => return Err(unavailable(reason)),
+        },
+        None => None,
+    };
+    let durability = kind.durability();
+    let loaded = state::load(shared, id, durability).await.map_err(refuse)?;
+    let record = loaded.record.as_ref();
+    let instance = kind
+        .instantiate(record.map(|r| (r.state_version, r.state.as_slice())))
+        .map_err(refuse)?;
+    let epoch = claimed.unwrap_or_else(|| record.map_or(0, |r| r.epoch) + 1);
+    // Within one epoch, sequence numbers go on from the stored record.
+    let seq = record.filter(|r| r.epoch == epoch).map_or(0, |r| r.seq);
+    shared.stats.activations.inc();
+    info!(
+        agent = %id,
+        epoch,
+        from = if record.is_some() { loaded.source } else { "new" },
+        "agent activated"
+    );
+    Ok(Live {
+        instance,
+        epoch,
+        seq,
+        revision: loaded.revision,
+    })
+}
+
 impl AgentState {
-    async fn activate(&mut self) -> Result<&mut Live, CallError> {
-        if self.live.is_none() {
-            let durability = self.kind.durability();
-            let loaded = state::load(&self.shared, &self.id, durability).await?;
-            let stored = loaded
-                .record
-                .as_ref()
-                .map(|r| (r.state_version, r.state.as_slice()));
-            let instance = self.kind.instantiate(stored)?;
-            let epoch = loaded.record.as_ref().map_or(0, |r| r.epoch) + 1;
-            self.shared.stats.activations.inc();
-            info!(
-                agent = %self.id,
-                epoch,
-                from = if loaded.record.is_some() { loaded.source } else { "new" },
-                "agent activated"
-            );
-            self.live = Some(Live {
-                instance,
-                epoch,
-                seq: 0,
-                revision: loaded.revision,
-            });
+    /// Leaves the directory and ends after the queued messages, which the
+    /// new mode handles.
+    fn wind_down(&mut self, myself: &ActorRef<Delivery>, mode: Mode) {
+        self.shared.directory.remove_actor(myself.get_id());
+        self.mode = mode;
+        let _ = myself.drain();
+    }
+
+    /// Handles one message while serving; `Err` means the actor must stop
+    /// serving, with the mode to wind down in (and the message, if it was
+    /// not answered).
+    async fn serve(&mut self, delivery: Delivery) -> Result<(), (Option<Delivery>, Mode)> {
+        let Mode::Serving(live) = &mut self.mode else {
+            unreachable!("serve is called while serving");
+        };
+        // A node whose lease lapsed may already have been replaced.
+        if let Some(ownership) = &self.shared.ownership {
+            if !ownership.lease_valid() {
+                let error = CallError::Unavailable {
+                    agent: self.id.to_string(),
+                    reason: "this node's lease lapsed".into(),
+                };
+                return Err((Some(delivery), Mode::Refusing(error)));
+            }
         }
-        Ok(self.live.as_mut().expect("activated above"))
+        let handled = AssertUnwindSafe(live.instance.handle(&self.ctx, &delivery.payload))
+            .catch_unwind()
+            .await;
+        let outcome = match handled {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let text = panic_text(&panic);
+                let supervisor = self.shared.supervisor();
+                let _ = supervisor.send_message(SupervisorMessage::Crashed {
+                    agent: self.id.clone(),
+                    error: text,
+                });
+                let error = CallError::Crashed {
+                    agent: self.id.to_string(),
+                };
+                delivery.reply.send(Err(error));
+                return Err((None, Mode::Restarting));
+            }
+        };
+        if let Some(new_state) = outcome.state {
+            live.seq += 1;
+            let record = Record {
+                epoch: live.epoch,
+                seq: live.seq,
+                state_version: self.kind.state_version(),
+                state: new_state,
+            };
+            let durability = self.kind.durability();
+            let saved = state::save(
+                &self.shared,
+                &self.id,
+                durability,
+                record,
+                &mut live.revision,
+            )
+            .await;
+            if let Err(e) = saved {
+                // The change exists only in memory: drop it with the agent.
+                warn!(agent = %self.id, error = %e, "state not saved; agent stopped");
+                delivery.reply.send(Err(e.clone()));
+                return Err((None, Mode::Refusing(e)));
+            }
+        }
+        delivery.reply.send(outcome.reply);
+        Ok(())
     }
 }
 
@@ -167,43 +277,48 @@ impl Actor for AgentActor {
         mut delivery: Delivery,
         state: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
-        delivery.reply.agent = Some(delivery.to);
-        let durability = state.kind.durability();
-        let state_version = state.kind.state_version();
-        let ctx = state.ctx.clone();
-        let shared = state.shared.clone();
-        let id = state.id.clone();
-        let live = match state.activate().await {
-            Ok(live) => live,
-            Err(e) => {
-                warn!(agent = %id, error = %e, "activation failed");
-                delivery.reply.send(Err(e));
-                myself.stop(Some("activation failed".into()));
-                return Ok(());
-            }
-        };
-
-        let outcome = live.instance.handle(&ctx, &delivery.payload).await;
-        if let Some(new_state) = outcome.state {
-            live.seq += 1;
-            let record = Record {
-                epoch: live.epoch,
-                seq: live.seq,
-                state_version,
-                state: new_state,
-            };
-            let saved = state::save(&shared, &id, durability, record, &mut live.revision).await;
-            if let Err(e) = saved {
-                // The change exists only in memory: drop it with the agent.
-                warn!(agent = %id, error = %e, "state not saved; agent stopped");
-                delivery.reply.send(Err(e));
-                myself.stop(Some("state not saved".into()));
-                return Ok(());
+        delivery.reply.agent = Some(delivery.to.clone());
+        if let Mode::Idle = state.mode {
+            let (shared, id, kind) = (state.shared.clone(), state.id.clone(), state.kind.clone());
+            match activate(&shared, &id, &kind).await {
+                Ok(live) => state.mode = Mode::Serving(live),
+                Err(mode) => state.wind_down(&myself, mode),
             }
         }
-        delivery.reply.send(outcome.reply);
+        match &state.mode {
+            Mode::Serving(_) => {
+                if let Err((unanswered, mode)) = state.serve(delivery).await {
+                    state.wind_down(&myself, mode);
+                    if let Some(delivery) = unanswered {
+                        state.pass_on(delivery);
+                    }
+                }
+            }
+            _ => state.pass_on(delivery),
+        }
         Ok(())
     }
+}
+
+impl AgentState {
+    /// Answers or forwards a message the actor will not handle itself.
+    fn pass_on(&self, delivery: Delivery) {
+        match &self.mode {
+            Mode::Forwarding(node) => self.shared.forward(delivery, node.clone()),
+            Mode::Refusing(error) => delivery.reply.send(Err(error.clone())),
+            Mode::Restarting => self.shared.deliver(delivery),
+            Mode::Idle | Mode::Serving(_) => unreachable!("only called when winding down"),
+        }
+    }
+}
+
+/// The text of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panic".to_owned())
 }
 
 /// Requests to the supervisor.
@@ -211,6 +326,13 @@ impl Actor for AgentActor {
 pub(crate) enum SupervisorMessage {
     /// Deliver to an agent, activating it first if it is not live.
     Deliver(Delivery),
+    /// An agent's handler panicked; the agent has stopped serving.
+    Crashed {
+        /// The agent.
+        agent: AgentId,
+        /// The panic's text.
+        error: String,
+    },
 }
 
 impl ractor::Message for SupervisorMessage {}
@@ -303,6 +425,7 @@ impl Actor for Supervisor {
                     activate_and_deliver(&state.shared, &myself, delivery).await
                 }
             }
+            SupervisorMessage::Crashed { agent, error } => state.crashed(agent, &error),
         }
         Ok(())
     }
@@ -374,6 +497,13 @@ async fn activate_and_deliver(
     supervisor: &ActorRef<SupervisorMessage>,
     delivery: Delivery,
 ) {
+    if shared.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        let agent = delivery.to.to_string();
+        let reason = "the node is stopping".to_owned();
+        return delivery
+            .reply
+            .send(Err(CallError::Unavailable { agent, reason }));
+    }
     // Another message may have activated the agent while this one queued.
     if let Some(actor) = shared.directory.live(&delivery.to) {
         if let Err(e) = actor.send_message(delivery) {
@@ -396,7 +526,7 @@ async fn activate_and_deliver(
         kind,
         ctx,
         shared: shared.clone(),
-        live: None,
+        mode: Mode::Idle,
     };
     match Actor::spawn_linked(None, AgentActor, state, supervisor.get_cell()).await {
         Ok((actor, _)) => {

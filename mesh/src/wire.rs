@@ -52,6 +52,9 @@ pub enum Frame {
         to: AgentId,
         /// How long the caller waits, so the callee can drop stale work.
         timeout_ms: u64,
+        /// How many times the call was forwarded already (ownership moved
+        /// while it travelled); bounded so a call never circles.
+        hops: u8,
         /// The encoded agent message.
         payload: Vec<u8>,
     },
@@ -155,6 +158,7 @@ mod tests {
             from: "a".into(),
             to: "counter/x".parse().unwrap(),
             timeout_ms: 1000,
+            hops: 0,
             payload: vec![1, 2, 3],
         };
         let bytes = encode(1, &frame).unwrap();

@@ -1,0 +1,426 @@
+//! Ownership: which node may run an agent, decided in NATS JetStream KV.
+//!
+//! The bucket `mesh-<cluster>-owners` holds one lease per node
+//! (`node.<name>`) and one entry per activated agent (`agent.<key>`). The
+//! protocol that keeps an agent live on at most one node:
+//! 1. each node renews its lease every `lease / 4`, and counts a renewal
+//!    from the moment it *sent* it; when no renewal has succeeded for
+//!    `lease - margin`, it stops serving every agent (it fences itself);
+//! 2. the other nodes watch the leases and note, on their own monotonic
+//!    clock, when each one last *changed*; a lease unchanged for
+//!    `lease + margin` is expired, which is later than the owner's own
+//!    fencing by at least `2 * margin`;
+//! 3. activating an agent writes `agent.<key> = {node, incarnation}` with
+//!    create (no entry) or compare-and-set on the revision read (the owner's
+//!    lease expired, it left, or it restarted as a new incarnation); the
+//!    revision written is the activation's epoch, a fencing token carried by
+//!    every state write;
+//! 4. an entry whose owner is alive is never overwritten: the message goes
+//!    to the owner instead.
+//!
+//! While this node cannot reach NATS it learns nothing about leases, so it
+//! judges none: every lease counts as renewed when the connection returns.
+//! KV traffic in steady state is one lease write per node per `lease / 4`;
+//! agent entries are written only on activation and takeover.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actors::AgentId;
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::state::bucket_key;
+
+/// How long a re-watch waits after the watch failed.
+const REWATCH_DELAY: Duration = Duration::from_millis(200);
+/// How often the watcher checks the NATS connection.
+const CONNECTION_CHECK: Duration = Duration::from_millis(100);
+
+/// The name of a cluster's ownership bucket.
+pub fn bucket_name(cluster: &str) -> String {
+    format!("mesh-{cluster}-owners")
+}
+
+/// The value of `agent.<key>`: who runs the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The owning node.
+    pub node: String,
+    /// The owning process's incarnation.
+    pub incarnation: u64,
+}
+
+/// The value of `node.<name>`: a node's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    incarnation: u64,
+}
+
+/// What a peer's lease looks like from here.
+#[derive(Debug, Clone)]
+struct PeerLease {
+    incarnation: u64,
+    revision: u64,
+    changed: Instant,
+}
+
+/// Why an activation may not go ahead here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A live node owns the agent; send its messages there.
+    OwnedBy(String),
+    /// The ownership bucket cannot be reached or this node's lease lapsed.
+    Unavailable(String),
+}
+
+/// The ownership table as one node sees and writes it.
+#[derive(Debug)]
+pub struct Ownership {
+    bucket: kv::Store,
+    me: String,
+    incarnation: u64,
+    lease: Duration,
+    margin: Duration,
+    base: Instant,
+    /// Milliseconds after `base` at which the last successful renewal was
+    /// sent; 0 before the first.
+    renewed_ms: AtomicU64,
+    peers: Mutex<HashMap<String, PeerLease>>,
+    owners: Mutex<HashMap<String, Owner>>,
+}
+
+fn agent_key(id: &AgentId) -> String {
+    format!("agent.{}", bucket_key(id))
+}
+
+impl Ownership {
+    /// Opens (or creates) the bucket and takes this node's first lease.
+    pub async fn open(
+        nats: &async_nats::Client,
+        cluster: &str,
+        me: &str,
+        incarnation: u64,
+        lease: Duration,
+    ) -> anyhow::Result<Arc<Ownership>> {
+        let js = async_nats::jetstream::new(nats.clone());
+        let name = bucket_name(cluster);
+        let bucket = match js.get_key_value(&name).await {
+            Ok(bucket) => bucket,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: name.clone(),
+                    history: 1,
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the ownership bucket {name}: {e}"))?,
+        };
+        let ownership = Arc::new(Ownership {
+            bucket,
+            me: me.to_owned(),
+            incarnation,
+            lease,
+            margin: lease.mul_f64(0.15),
+            base: Instant::now(),
+            renewed_ms: AtomicU64::new(0),
+            peers: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+        });
+        ownership.renew(None).await?;
+        Ok(ownership)
+    }
+
+    fn since_base(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_millis() as u64 + 1
+    }
+
+    /// Writes this node's lease; `revision` is the last one written.
+    async fn renew(&self, revision: Option<u64>) -> anyhow::Result<u64> {
+        let sent = Instant::now();
+        let value = serde_json::to_vec(&Lease {
+            incarnation: self.incarnation,
+        })
+        .expect("leases encode");
+        let key = format!("node.{}", self.me);
+        let written = match revision {
+            Some(rev) => self.bucket.update(&key, value.into(), rev).await?,
+            None => self.bucket.put(&key, value.into()).await?,
+        };
+        self.renewed_ms
+            .store(self.since_base(sent), Ordering::Release);
+        Ok(written)
+    }
+
+    /// Whether this node's own lease is valid: it may serve agents.
+    pub fn lease_valid(&self) -> bool {
+        let renewed = self.renewed_ms.load(Ordering::Acquire);
+        if renewed == 0 {
+            return false;
+        }
+        let now = self.since_base(Instant::now());
+        now.saturating_sub(renewed) < (self.lease - self.margin).as_millis() as u64
+    }
+
+    /// Whether `node` holds a lease that has not expired, as seen here.
+    pub fn is_alive(&self, node: &str) -> bool {
+        if node == self.me {
+            return self.lease_valid();
+        }
+        let peers = self.peers.lock().expect("peers lock");
+        peers
+            .get(node)
+            .is_some_and(|p| p.changed.elapsed() <= self.lease + self.margin)
+    }
+
+    /// The owner of `id` as last seen through the watch.
+    pub fn cached_owner(&self, id: &AgentId) -> Option<Owner> {
+        self.owners
+            .lock()
+            .expect("owners lock")
+            .get(&agent_key(id))
+            .cloned()
+    }
+
+    /// Whether `owner` is certainly gone: its lease expired, was released,
+    /// or belongs to a newer incarnation. Reads the lease when it has never
+    /// been seen, so a node that just started is not taken for dead.
+    async fn owner_is_gone(&self, owner: &Owner) -> Result<bool, Refusal> {
+        if owner.node == self.me {
+            return Ok(owner.incarnation != self.incarnation);
+        }
+        let known = self
+            .peers
+            .lock()
+            .expect("peers lock")
+            .get(&owner.node)
+            .cloned();
+        if let Some(peer) = known {
+            if peer.incarnation != owner.incarnation {
+                return Ok(true);
+            }
+            return Ok(peer.changed.elapsed() > self.lease + self.margin);
+        }
+        let entry = self
+            .bucket
+            .entry(format!("node.{}", owner.node))
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("ownership bucket: {e}")))?;
+        match entry.filter(|e| e.operation == kv::Operation::Put) {
+            None => Ok(true),
+            Some(e) => {
+                let lease: Lease = serde_json::from_slice(&e.value)
+                    .map_err(|e| Refusal::Unavailable(format!("unreadable lease: {e}")))?;
+                self.saw_lease(&owner.node, lease.incarnation, e.revision);
+                Ok(lease.incarnation != owner.incarnation)
+            }
+        }
+    }
+
+    /// Claims `id` for this node and returns the epoch, or says who owns it.
+    pub async fn acquire(&self, id: &AgentId) -> Result<u64, Refusal> {
+        if !self.lease_valid() {
+            return Err(Refusal::Unavailable("this node's lease has lapsed".into()));
+        }
+        let key = agent_key(id);
+        let mine = serde_json::to_vec(&Owner {
+            node: self.me.clone(),
+            incarnation: self.incarnation,
+        })
+        .expect("owners encode");
+        let unavailable = |e: String| Refusal::Unavailable(format!("ownership bucket: {e}"));
+        // A lost compare-and-set means someone else wrote meanwhile: read
+        // again and decide again, a few times at most.
+        for _ in 0..4 {
+            let entry = self
+                .bucket
+                .entry(key.clone())
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let current = entry.filter(|e| e.operation == kv::Operation::Put);
+            let Some(entry) = current else {
+                match self.bucket.create(&key, mine.clone().into()).await {
+                    Ok(epoch) => return Ok(epoch),
+                    Err(e) => {
+                        debug!(agent = %id, error = %e, "lost the race to create an owner entry");
+                        continue;
+                    }
+                }
+            };
+            let owner: Owner =
+                serde_json::from_slice(&entry.value).map_err(|e| unavailable(e.to_string()))?;
+            if owner.node == self.me && owner.incarnation == self.incarnation {
+                return Ok(entry.revision);
+            }
+            if !self.owner_is_gone(&owner).await? {
+                return Err(Refusal::OwnedBy(owner.node));
+            }
+            match self
+                .bucket
+                .update(&key, mine.clone().into(), entry.revision)
+                .await
+            {
+                Ok(epoch) => {
+                    info!(agent = %id, from = %owner.node, epoch, "agent taken over");
+                    return Ok(epoch);
+                }
+                Err(e) => debug!(agent = %id, error = %e, "lost the race to take over"),
+            }
+        }
+        Err(Refusal::Unavailable(
+            "ownership keeps changing; try again".into(),
+        ))
+    }
+
+    /// Gives up `id`, so another node may take it at once (graceful stop).
+    pub async fn release(&self, id: &AgentId) {
+        if self.cached_owner(id).is_some_and(|o| o.node != self.me) {
+            return;
+        }
+        if let Err(e) = self.bucket.delete(agent_key(id)).await {
+            warn!(agent = %id, error = %e, "cannot release the agent");
+        }
+    }
+
+    /// Gives up this node's lease: it has stopped serving.
+    pub async fn leave(&self) {
+        self.renewed_ms.store(0, Ordering::Release);
+        if let Err(e) = self.bucket.delete(format!("node.{}", self.me)).await {
+            warn!(error = %e, "cannot release the lease");
+        }
+    }
+
+    fn saw_lease(&self, node: &str, incarnation: u64, revision: u64) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        let changed = peers
+            .get(node)
+            .is_none_or(|p| p.revision != revision || p.incarnation != incarnation);
+        if changed {
+            peers.insert(
+                node.to_owned(),
+                PeerLease {
+                    incarnation,
+                    revision,
+                    changed: Instant::now(),
+                },
+            );
+        }
+    }
+
+    /// Takes one watched entry into account.
+    fn observe(&self, entry: kv::Entry) {
+        let put = entry.operation == kv::Operation::Put;
+        if let Some(node) = entry.key.strip_prefix("node.") {
+            if node == self.me {
+                return;
+            }
+            match serde_json::from_slice::<Lease>(&entry.value) {
+                Ok(lease) if put => self.saw_lease(node, lease.incarnation, entry.revision),
+                _ => {
+                    self.peers.lock().expect("peers lock").remove(node);
+                }
+            }
+        } else if entry.key.starts_with("agent.") {
+            let mut owners = self.owners.lock().expect("owners lock");
+            match serde_json::from_slice::<Owner>(&entry.value) {
+                Ok(owner) if put => {
+                    owners.insert(entry.key, owner);
+                }
+                _ => {
+                    owners.remove(&entry.key);
+                }
+            }
+        }
+    }
+
+    /// Counts every known lease as just renewed: used when this node could
+    /// not watch, so that its own blindness is not taken for their death.
+    fn forgive(&self) {
+        let now = Instant::now();
+        for peer in self.peers.lock().expect("peers lock").values_mut() {
+            peer.changed = now;
+        }
+    }
+}
+
+/// Renews this node's lease until `stop` fires; logs when it lapses.
+pub(crate) async fn renew_forever(ownership: Arc<Ownership>) {
+    let mut revision = None;
+    let period = ownership.lease / 4;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_valid = true;
+    loop {
+        tick.tick().await;
+        let renewal = tokio::time::timeout(period, ownership.renew(revision)).await;
+        match renewal {
+            Ok(Ok(written)) => revision = Some(written),
+            Ok(Err(e)) => {
+                // Someone wrote our lease key (a process with our name?):
+                // write over it on the next round.
+                debug!(error = %e, "lease renewal failed");
+                revision = None;
+            }
+            Err(_) => debug!("lease renewal timed out"),
+        }
+        let valid = ownership.lease_valid();
+        if was_valid && !valid {
+            warn!("lease lapsed: this node stops serving its agents");
+        } else if !was_valid && valid {
+            info!("lease renewed: this node serves again");
+        }
+        was_valid = valid;
+    }
+}
+
+/// Watches leases and owner entries; re-watches when the watch fails or
+/// NATS comes back.
+pub(crate) async fn watch_forever(ownership: Arc<Ownership>, nats: async_nats::Client) {
+    loop {
+        let mut watch = match ownership.bucket.watch_with_history(">").await {
+            Ok(watch) => watch,
+            Err(e) => {
+                debug!(error = %e, "cannot watch the ownership bucket");
+                tokio::time::sleep(REWATCH_DELAY).await;
+                continue;
+            }
+        };
+        let mut check = tokio::time::interval(CONNECTION_CHECK);
+        let mut last_event = Instant::now();
+        loop {
+            tokio::select! {
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => {
+                        last_event = Instant::now();
+                        ownership.observe(entry);
+                    }
+                    _ => break,
+                },
+                _ = check.tick() => {
+                    let connected =
+                        nats.connection_state() == async_nats::connection::State::Connected;
+                    // Leases change every lease / 4: a silent watch is a
+                    // broken one.
+                    let silent = last_event.elapsed() > ownership.lease * 2;
+                    if !connected {
+                        ownership.forgive();
+                    }
+                    if !connected || silent {
+                        break;
+                    }
+                }
+            }
+        }
+        ownership.forgive();
+        // Wait for NATS before watching again.
+        while nats.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(CONNECTION_CHECK).await;
+            ownership.forgive();
+        }
+    }
+}
