@@ -5,8 +5,54 @@
 #[path = "support.rs"]
 mod support;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh::gateway::Response;
 use serde_json::json;
-use support::{error_code, meshctl, ok, Client, MeshNode, Nats, NodeSpec};
+use support::{error_code, meshctl, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+
+const ZONES: [&str; 3] = ["fr-par-1", "fr-par-2", "nl-ams-1"];
+
+async fn mesh(nats: &Nats, cluster: &str, n: usize) -> (Vec<MeshNode>, Arc<Client>) {
+    let nodes: Vec<MeshNode> = (0..n)
+        .map(|i| {
+            let spec = NodeSpec::new(cluster, &format!("node-{i}"), ZONES[i % 3]);
+            MeshNode::start(nats, spec)
+        })
+        .collect();
+    let client = Client::connect(nats, cluster).await;
+    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+    (nodes, Arc::new(client))
+}
+
+/// Every "agent activated" line of `logs`: agent -> [(epoch, node)].
+fn activations(nodes: &[&MeshNode]) -> BTreeMap<String, Vec<(u64, String)>> {
+    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for node in nodes {
+        for line in node
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("agent activated"))
+        {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .map(|v| v.trim_matches('"').to_owned())
+            };
+            let (Some(agent), Some(epoch)) = (field("agent"), field("epoch")) else {
+                continue;
+            };
+            let epoch: u64 = epoch.parse().unwrap();
+            out.entry(agent)
+                .or_default()
+                .push((epoch, node.name().to_owned()));
+        }
+    }
+    out
+}
 
 #[tokio::test]
 async fn a_poisoned_agent_restarts_then_fails_and_the_node_serves_others() {
@@ -63,4 +109,174 @@ async fn a_poisoned_agent_restarts_then_fails_and_the_node_serves_others() {
     assert!(node
         .log_text()
         .contains("agent failed: restart limit reached"));
+}
+
+#[tokio::test]
+async fn killed_node_agents_come_back_elsewhere_once_with_every_acknowledged_write() {
+    let nats = Nats::start().await;
+    let (nodes, client) = mesh(&nats, "kill", 3).await;
+    let victim = nodes[1].name().to_owned();
+
+    // Six replicated counters, at least one on the victim.
+    let agents: Vec<String> = (0..6).map(|i| format!("rcounter/f{i}")).collect();
+    let mut on_victim = 0;
+    for agent in &agents {
+        ok(client.call(None, agent, json!({"add": 0})).await);
+        if client.locate("node-0", agent).await == victim {
+            on_victim += 1;
+        }
+    }
+    assert!(on_victim > 0, "no counter on the victim; pick other names");
+
+    // A writer per counter: acknowledged increments happened; timeouts and
+    // lost nodes may or may not have; refusals did not.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(
+        (0..6)
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect(),
+    );
+    let writers: Vec<_> = (0..6)
+        .map(|i| {
+            let (client, stop, counts) = (client.clone(), stop.clone(), counts.clone());
+            let agent = agents[i].clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let add = json!({"add": 1});
+                    match client
+                        .call_with_timeout(None, &agent, add, Some(1500))
+                        .await
+                    {
+                        Response::Ok(_) => counts[i].0.fetch_add(1, Ordering::SeqCst),
+                        Response::Error(e) if e.code == "unavailable" => 0,
+                        Response::Error(_) => counts[i].1.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            })
+        })
+        .collect();
+    wait_until("writes before the kill", Duration::from_secs(20), || {
+        let done: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
+        async move { (done >= 60).then_some(()) }
+    })
+    .await;
+
+    nodes[1].signal(libc::SIGKILL);
+    let killed = Instant::now();
+    // Every counter answers again, through a survivor.
+    for agent in &agents {
+        let get = json!({"get": {}});
+        client
+            .call_until_ok(Some("node-0"), agent, get, Duration::from_secs(15))
+            .await;
+    }
+    let failover = killed.elapsed();
+    // Writes go on for a while after the failover.
+    let resumed: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
+    wait_until("writes after the failover", Duration::from_secs(20), || {
+        let done: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
+        async move { (done >= resumed + 60).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    for (i, agent) in agents.iter().enumerate() {
+        let reply = ok(client.call(Some("node-0"), agent, json!({"get": {}})).await);
+        let value = reply["value"].as_u64().unwrap();
+        let (acked, unsure) = (
+            counts[i].0.load(Ordering::SeqCst),
+            counts[i].1.load(Ordering::SeqCst),
+        );
+        assert!(value >= acked, "{agent}: {value} < {acked} acknowledged");
+        assert!(
+            value <= acked + unsure,
+            "{agent}: {value} > {acked} + {unsure} uncertain"
+        );
+        assert_ne!(client.locate("node-0", agent).await, victim);
+    }
+
+    // Each activation has its own epoch, and a takeover a later one.
+    let survivors = [&nodes[0], &nodes[2]];
+    let history = activations(&[&nodes[0], &nodes[1], &nodes[2]]);
+    for agent in &agents {
+        let list = &history[agent];
+        let mut epochs: Vec<u64> = list.iter().map(|(e, _)| *e).collect();
+        epochs.sort();
+        epochs.dedup();
+        assert_eq!(
+            epochs.len(),
+            list.len(),
+            "{agent} activated twice in one epoch: {list:?}"
+        );
+    }
+    let taken_over: usize = survivors
+        .iter()
+        .map(|n| n.log_text().matches("agent taken over").count())
+        .sum();
+    assert_eq!(
+        taken_over, on_victim,
+        "each of the victim's agents taken over once"
+    );
+    eprintln!("failover of {on_victim} agents took {failover:?}");
+}
+
+#[tokio::test]
+async fn a_frozen_node_loses_its_agents_and_never_answers_for_them_again() {
+    let nats = Nats::start().await;
+    let (nodes, client) = mesh(&nats, "stop", 2).await;
+    let (a, frozen) = (&nodes[0], &nodes[1]);
+    let whoami = json!({"whoami": {}});
+
+    let mut probe = String::new();
+    for i in 0..100 {
+        let name = format!("probe/p{i}");
+        if client.locate(a.name(), &name).await == frozen.name() {
+            probe = name;
+            break;
+        }
+    }
+    let reply = ok(client.call(Some(a.name()), &probe, whoami.clone()).await);
+    assert_eq!(reply["node"], frozen.name());
+
+    frozen.freeze().await;
+    let reply = client
+        .call_until_ok(
+            Some(a.name()),
+            &probe,
+            whoami.clone(),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(reply["node"], a.name(), "the survivor took the probe over");
+
+    frozen.signal(libc::SIGCONT);
+    wait_until(
+        "the frozen node to notice its lapsed lease",
+        Duration::from_secs(10),
+        || {
+            let log = frozen.log_text();
+            async move { log.contains("lease lapsed").then_some(()) }
+        },
+    )
+    .await;
+    // Through the resumed node's own gateway, the probe answers from a.
+    for _ in 0..5 {
+        let reply = client
+            .call_until_ok(
+                Some(frozen.name()),
+                &probe,
+                whoami.clone(),
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(
+            reply["node"],
+            a.name(),
+            "the resumed node served a moved agent"
+        );
+    }
+    assert!(!client.agents(frozen.name()).await.contains(&probe));
 }

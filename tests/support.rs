@@ -310,9 +310,19 @@ impl Client {
     }
 
     async fn request(&self, subject: String, body: Vec<u8>) -> Option<Response> {
+        self.request_within(subject, body, Duration::from_secs(10))
+            .await
+    }
+
+    async fn request_within(
+        &self,
+        subject: String,
+        body: Vec<u8>,
+        wait: Duration,
+    ) -> Option<Response> {
         let request = async_nats::Request::new()
             .payload(body.into())
-            .timeout(Some(Duration::from_secs(10)));
+            .timeout(Some(wait));
         let reply = self.nats.send_request(subject, request).await.ok()?;
         Some(serde_json::from_slice(&reply.payload).expect("gateway answers are JSON"))
     }
@@ -349,7 +359,17 @@ impl Client {
             None => subjects::gateway(&self.cluster),
         };
         let body = serde_json::to_vec(&request).unwrap();
-        self.request(subject, body).await.expect("a node answers")
+        // A node that dies holding the request never answers: wait a little
+        // longer than the mesh's own deadline, then report a timeout.
+        let wait = Duration::from_millis(timeout_ms.unwrap_or(5000) + 2000);
+        self.request_within(subject, body, wait)
+            .await
+            .unwrap_or_else(|| {
+                Response::Error(mesh::gateway::ErrorBody {
+                    code: "timeout".into(),
+                    message: "no answer through NATS".into(),
+                })
+            })
     }
 
     /// Calls until the reply is not a retryable error (`unavailable`,

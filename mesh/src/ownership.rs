@@ -78,6 +78,72 @@ pub enum Refusal {
     Unavailable(String),
 }
 
+/// This node's own lease, on its monotonic clock.
+///
+/// A renewal counts from the moment it was sent. Each time the lease is
+/// renewed after it had lapsed, the generation grows: an activation made
+/// under an older generation may have been taken over meanwhile, so it never
+/// serves again, even if the renewal lands before its next message.
+#[derive(Debug)]
+pub struct LeaseClock {
+    base: Instant,
+    lease: Duration,
+    margin: Duration,
+    /// Milliseconds after `base` (plus one) at which the last successful
+    /// renewal was sent; 0 when there is none.
+    renewed_ms: AtomicU64,
+    generation: AtomicU64,
+}
+
+impl LeaseClock {
+    /// A lapsed lease of length `lease`, self-fencing `margin` early.
+    pub fn new(lease: Duration, margin: Duration) -> Self {
+        LeaseClock {
+            base: Instant::now(),
+            lease,
+            margin,
+            renewed_ms: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn since_base(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_millis() as u64 + 1
+    }
+
+    /// Records a successful renewal sent at `sent`.
+    pub fn renewed(&self, sent: Instant) {
+        if !self.valid_at(sent) {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        let at = self.since_base(sent);
+        self.renewed_ms.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// Gives the lease up.
+    pub fn lapse(&self) {
+        self.renewed_ms.store(0, Ordering::Release);
+    }
+
+    /// Whether the lease is valid at `now`.
+    pub fn valid_at(&self, now: Instant) -> bool {
+        let renewed = self.renewed_ms.load(Ordering::Acquire);
+        renewed != 0
+            && self.since_base(now).saturating_sub(renewed)
+                < (self.lease - self.margin).as_millis() as u64
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether an activation of `generation` may serve at `now`.
+    pub fn serves(&self, generation: u64, now: Instant) -> bool {
+        self.valid_at(now) && self.generation() == generation
+    }
+}
+
 /// The ownership table as one node sees and writes it.
 #[derive(Debug)]
 pub struct Ownership {
@@ -86,10 +152,7 @@ pub struct Ownership {
     incarnation: u64,
     lease: Duration,
     margin: Duration,
-    base: Instant,
-    /// Milliseconds after `base` at which the last successful renewal was
-    /// sent; 0 before the first.
-    renewed_ms: AtomicU64,
+    clock: LeaseClock,
     peers: Mutex<HashMap<String, PeerLease>>,
     owners: Mutex<HashMap<String, Owner>>,
 }
@@ -127,17 +190,12 @@ impl Ownership {
             incarnation,
             lease,
             margin: lease.mul_f64(0.15),
-            base: Instant::now(),
-            renewed_ms: AtomicU64::new(0),
+            clock: LeaseClock::new(lease, lease.mul_f64(0.15)),
             peers: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
         });
         ownership.renew(None).await?;
         Ok(ownership)
-    }
-
-    fn since_base(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.base).as_millis() as u64 + 1
     }
 
     /// Writes this node's lease; `revision` is the last one written.
@@ -152,19 +210,24 @@ impl Ownership {
             Some(rev) => self.bucket.update(&key, value.into(), rev).await?,
             None => self.bucket.put(&key, value.into()).await?,
         };
-        self.renewed_ms
-            .store(self.since_base(sent), Ordering::Release);
+        self.clock.renewed(sent);
         Ok(written)
+    }
+
+    /// The current lease generation (see [`Ownership::serves`]).
+    pub fn generation(&self) -> u64 {
+        self.clock.generation()
+    }
+
+    /// Whether an activation made under lease `generation` may serve now:
+    /// the lease is valid and has not lapsed since.
+    pub fn serves(&self, generation: u64) -> bool {
+        self.clock.serves(generation, Instant::now())
     }
 
     /// Whether this node's own lease is valid: it may serve agents.
     pub fn lease_valid(&self) -> bool {
-        let renewed = self.renewed_ms.load(Ordering::Acquire);
-        if renewed == 0 {
-            return false;
-        }
-        let now = self.since_base(Instant::now());
-        now.saturating_sub(renewed) < (self.lease - self.margin).as_millis() as u64
+        self.clock.valid_at(Instant::now())
     }
 
     /// Whether `node` holds a lease that has not expired, as seen here.
@@ -222,11 +285,22 @@ impl Ownership {
         }
     }
 
-    /// Claims `id` for this node and returns the epoch, or says who owns it.
-    pub async fn acquire(&self, id: &AgentId) -> Result<u64, Refusal> {
-        if !self.lease_valid() {
+    /// Claims `id` for this node and returns the epoch and the lease
+    /// generation it holds under, or says who owns it.
+    pub async fn acquire(&self, id: &AgentId) -> Result<(u64, u64), Refusal> {
+        let generation = self.generation();
+        if !self.serves(generation) {
             return Err(Refusal::Unavailable("this node's lease has lapsed".into()));
         }
+        let epoch = self.claim(id).await?;
+        // The claim may have raced with a lapse of our own lease.
+        if !self.serves(generation) {
+            return Err(Refusal::Unavailable("this node's lease has lapsed".into()));
+        }
+        Ok((epoch, generation))
+    }
+
+    async fn claim(&self, id: &AgentId) -> Result<u64, Refusal> {
         let key = agent_key(id);
         let mine = serde_json::to_vec(&Owner {
             node: self.me.clone(),
@@ -289,7 +363,7 @@ impl Ownership {
 
     /// Gives up this node's lease: it has stopped serving.
     pub async fn leave(&self) {
-        self.renewed_ms.store(0, Ordering::Release);
+        self.clock.lapse();
         if let Err(e) = self.bucket.delete(format!("node.{}", self.me)).await {
             warn!(error = %e, "cannot release the lease");
         }
@@ -422,5 +496,57 @@ pub(crate) async fn watch_forever(ownership: Arc<Ownership>, nats: async_nats::C
             tokio::time::sleep(CONNECTION_CHECK).await;
             ownership.forgive();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(1000);
+    const MARGIN: Duration = Duration::from_millis(150);
+
+    #[test]
+    fn a_lease_is_valid_until_lease_minus_margin_after_the_renewal_was_sent() {
+        let clock = LeaseClock::new(LEASE, MARGIN);
+        let t0 = Instant::now();
+        assert!(!clock.valid_at(t0), "no lease before the first renewal");
+        clock.renewed(t0);
+        assert!(clock.valid_at(t0 + Duration::from_millis(800)));
+        assert!(!clock.valid_at(t0 + Duration::from_millis(900)));
+        clock.lapse();
+        assert!(!clock.valid_at(t0));
+    }
+
+    #[test]
+    fn an_activation_from_before_a_lapse_never_serves_after_the_renewal() {
+        let clock = LeaseClock::new(LEASE, MARGIN);
+        let t0 = Instant::now();
+        clock.renewed(t0);
+        let activation = clock.generation();
+        assert!(clock.serves(activation, t0));
+
+        // Frozen past the lease, then renewed at once on waking.
+        let woke = t0 + LEASE * 3;
+        assert!(!clock.serves(activation, woke));
+        clock.renewed(woke);
+        assert!(clock.valid_at(woke), "the node may activate again");
+        assert!(
+            !clock.serves(activation, woke),
+            "the old activation stays fenced"
+        );
+        assert!(clock.serves(clock.generation(), woke));
+    }
+
+    #[test]
+    fn renewals_in_time_keep_the_generation() {
+        let clock = LeaseClock::new(LEASE, MARGIN);
+        let t0 = Instant::now();
+        clock.renewed(t0);
+        let activation = clock.generation();
+        for i in 1..20 {
+            clock.renewed(t0 + LEASE / 4 * i);
+        }
+        assert!(clock.serves(activation, t0 + LEASE / 4 * 19));
     }
 }

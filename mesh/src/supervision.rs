@@ -141,6 +141,8 @@ struct Live {
     epoch: u64,
     seq: u64,
     revision: Option<u64>,
+    /// The lease generation the activation holds under.
+    generation: u64,
 }
 
 /// Claims agent `id`, loads its newest state and builds the instance.
@@ -154,7 +156,7 @@ async fn activate(shared: &Shared, id: &AgentId, kind: &Arc<dyn Kind>) -> Result
     };
     let claimed = match &shared.ownership {
         Some(ownership) => match ownership.acquire(id).await {
-            Ok(epoch) => Some(epoch),
+            Ok(claim) => Some(claim),
             Err(Refusal::OwnedBy(node)) => return Err(Mode::Forwarding(node)),
             Err(Refusal::Unavailable(reason)) => return Err(unavailable(reason)),
         },
@@ -166,7 +168,7 @@ async fn activate(shared: &Shared, id: &AgentId, kind: &Arc<dyn Kind>) -> Result
     let instance = kind
         .instantiate(record.map(|r| (r.state_version, r.state.as_slice())))
         .map_err(refuse)?;
-    let epoch = claimed.unwrap_or_else(|| record.map_or(0, |r| r.epoch) + 1);
+    let (epoch, generation) = claimed.unwrap_or_else(|| (record.map_or(0, |r| r.epoch) + 1, 0));
     // Within one epoch, sequence numbers go on from the stored record.
     let seq = record.filter(|r| r.epoch == epoch).map_or(0, |r| r.seq);
     shared.stats.activations.inc();
@@ -181,6 +183,7 @@ async fn activate(shared: &Shared, id: &AgentId, kind: &Arc<dyn Kind>) -> Result
         epoch,
         seq,
         revision: loaded.revision,
+        generation,
     })
 }
 
@@ -202,7 +205,7 @@ impl AgentState {
         };
         // A node whose lease lapsed may already have been replaced.
         if let Some(ownership) = &self.shared.ownership {
-            if !ownership.lease_valid() {
+            if !ownership.serves(live.generation) {
                 let error = CallError::Unavailable {
                     agent: self.id.to_string(),
                     reason: "this node's lease lapsed".into(),
