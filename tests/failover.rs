@@ -242,6 +242,20 @@ async fn a_frozen_node_loses_its_agents_and_never_answers_for_them_again() {
     assert_eq!(reply["node"], frozen.name());
 
     frozen.freeze().await;
+    let frozen_at = Instant::now();
+    // Link pings notice the frozen process before NATS heartbeats would.
+    wait_until(
+        "the link to the frozen node to be cut",
+        Duration::from_secs(5),
+        || async {
+            let names = client.linked_names(a.name()).await?;
+            (!names.contains(&frozen.name().to_owned())).then_some(())
+        },
+    )
+    .await;
+    let detected = frozen_at.elapsed();
+    assert!(detected < Duration::from_millis(1800), "took {detected:?}");
+    assert!(a.log_text().contains("link silent"));
     let reply = client
         .call_until_ok(
             Some(a.name()),

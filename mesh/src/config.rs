@@ -31,6 +31,8 @@ pub const DEFAULT_MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// How long a gateway call waits when the request does not say.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a link may stay silent (no answer to pings) before it is cut.
+pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a node's ownership lease lasts without renewal.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(1);
 /// How often a node snapshots its agents' state.
@@ -140,6 +142,9 @@ pub struct NodeArgs {
     /// Ownership lease; a dead node's agents move after about this long.
     #[arg(long, env = "MESH_LEASE", value_name = "DURATION")]
     pub lease: Option<String>,
+    /// How long a link may go without answering pings before it is cut.
+    #[arg(long, env = "MESH_LINK_TIMEOUT", value_name = "DURATION")]
+    pub link_timeout: Option<String>,
 }
 
 /// The keys of the configuration file; all optional.
@@ -166,6 +171,7 @@ struct FileConfig {
     snapshot_interval: Option<String>,
     snapshot_keep: Option<usize>,
     lease: Option<String>,
+    link_timeout: Option<String>,
 }
 
 /// A node's checked configuration.
@@ -207,6 +213,8 @@ pub struct Config {
     pub snapshot_keep: usize,
     /// How long an ownership lease lasts without renewal.
     pub lease: Duration,
+    /// How long a link may go without answering pings.
+    pub link_timeout: Duration,
 }
 
 /// Where snapshots are written.
@@ -380,6 +388,8 @@ impl Config {
             return Err(invalid("snapshot_keep", "0", "keep at least one snapshot"));
         }
         let lease = duration("lease", text(args.lease, file.lease))?.unwrap_or(DEFAULT_LEASE);
+        let link_timeout = duration("link_timeout", text(args.link_timeout, file.link_timeout))?
+            .unwrap_or(DEFAULT_LINK_TIMEOUT);
         if lease < Duration::from_millis(200) {
             return Err(invalid(
                 "lease",
@@ -407,6 +417,7 @@ impl Config {
             snapshot_interval,
             snapshot_keep,
             lease,
+            link_timeout,
         })
     }
 }

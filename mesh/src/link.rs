@@ -30,14 +30,16 @@ use tracing::{debug, info, warn};
 
 use crate::membership::Change;
 use crate::node::Shared;
-use crate::wire::{self, Hello, Incoming};
+use crate::wire::{self, Frame, Hello, Incoming};
 
 /// The first redial delay; it doubles up to [`MAX_REDIAL_DELAY`].
 const FIRST_REDIAL_DELAY: Duration = Duration::from_millis(300);
 /// The longest redial delay.
 const MAX_REDIAL_DELAY: Duration = Duration::from_secs(5);
-/// How often the manager looks for peers to dial.
-const DIAL_TICK: Duration = Duration::from_millis(100);
+/// How often the manager looks for peers to dial and links to ping.
+const DIAL_TICK: Duration = Duration::from_millis(50);
+/// How many pings fit in one link timeout.
+const PINGS_PER_TIMEOUT: u32 = 4;
 
 /// Raw bytes of one frame, as cast to a peer's endpoint.
 #[derive(Debug)]
@@ -78,6 +80,8 @@ pub(crate) enum LinkEvent {
     Session(SessionEvent),
     /// A peer's hello arrived on our endpoint.
     Hello(Hello),
+    /// A peer answered a ping.
+    Pong(String),
     /// The node is stopping.
     Shutdown,
 }
@@ -185,6 +189,10 @@ struct Manager {
     server: ActorRef<NodeServerMessage>,
     sessions: HashMap<ActorId, SessionEvent>,
     dials: HashMap<String, Dial>,
+    /// When each linked peer last answered (or the link came up).
+    heard: HashMap<String, Instant>,
+    /// When pings were last sent.
+    pinged: Instant,
 }
 
 /// Starts the link listener and the manager task.
@@ -219,6 +227,8 @@ pub(crate) async fn spawn(
         server: server.clone(),
         sessions: HashMap::new(),
         dials: HashMap::new(),
+        heard: HashMap::new(),
+        pinged: Instant::now(),
     };
     tokio::spawn(manager.run(events));
     Ok((server, endpoint))
@@ -234,9 +244,17 @@ impl Manager {
                     Some(LinkEvent::Member(change)) => self.member_changed(change),
                     Some(LinkEvent::Session(event)) => self.session_changed(event),
                     Some(LinkEvent::Hello(hello)) => self.hello_received(hello),
+                    Some(LinkEvent::Pong(peer)) => {
+                        if let Some(heard) = self.heard.get_mut(&peer) {
+                            *heard = Instant::now();
+                        }
+                    }
                     Some(LinkEvent::Shutdown) | None => break,
                 },
-                _ = tick.tick() => self.dial_due(),
+                _ = tick.tick() => {
+                    self.dial_due();
+                    self.ping_links();
+                }
             }
         }
         debug!("link manager stopped");
@@ -255,7 +273,20 @@ impl Manager {
                     );
                 }
             }
-            Change::Left { name, .. } => {
+            Change::Left {
+                name, incarnation, ..
+            } => {
+                // A newer incarnation may have linked already: keep it.
+                let newer = self
+                    .shared
+                    .links
+                    .read()
+                    .expect("link table lock")
+                    .get(&name)
+                    .is_some_and(|link| link.incarnation > incarnation);
+                if newer {
+                    return;
+                }
                 self.dials.remove(&name);
                 self.drop_link(&name, "peer left the membership");
                 // Close the session too: a frozen peer keeps its socket open,
@@ -368,13 +399,44 @@ impl Manager {
             .expect("link table lock")
             .insert(hello.node.clone(), link);
         self.dials.remove(&hello.node);
+        self.heard.insert(hello.node.clone(), Instant::now());
         if replaced.is_none() {
             self.shared.stats.links_up.inc();
             info!(peer = %hello.node, version, software = %hello.software, "link up");
         }
     }
 
+    /// Pings every linked peer, and cuts links that stopped answering:
+    /// `ractor_cluster` notices a closed socket, but not a frozen process or
+    /// a network that drops packets.
+    fn ping_links(&mut self) {
+        let timeout = self.shared.config.link_timeout;
+        let now = Instant::now();
+        if now.duration_since(self.pinged) >= timeout / PINGS_PER_TIMEOUT {
+            self.pinged = now;
+            let ping = Frame::Ping {
+                nonce: rand::random(),
+                from: self.shared.config.name.clone(),
+            };
+            for peer in self.heard.keys() {
+                let _ = self.shared.send_frame(peer, &ping);
+            }
+        }
+        let silent: Vec<String> = self
+            .heard
+            .iter()
+            .filter(|(_, heard)| now.duration_since(**heard) > timeout)
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in silent {
+            warn!(peer = %peer, timeout_ms = timeout.as_millis() as u64, "link silent: no answer to pings; cutting it");
+            self.drop_link(&peer, "no answer to pings");
+            self.close_sessions(&peer);
+        }
+    }
+
     fn drop_link(&mut self, peer: &str, why: &str) {
+        self.heard.remove(peer);
         let removed = self
             .shared
             .links

@@ -440,9 +440,12 @@ impl Shared {
                 }
             }
             Frame::Ping { nonce, from } => {
-                let _ = self.send_frame(&from, &Frame::Pong { nonce });
+                let me = self.config.name.clone();
+                let _ = self.send_frame(&from, &Frame::Pong { nonce, from: me });
             }
-            Frame::Pong { .. } => {}
+            Frame::Pong { from, .. } => {
+                let _ = self.link_events.send(LinkEvent::Pong(from));
+            }
         }
     }
 

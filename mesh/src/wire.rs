@@ -83,6 +83,8 @@ pub enum Frame {
     Pong {
         /// The probe's nonce.
         nonce: u64,
+        /// The node answering.
+        from: String,
     },
 }
 
