@@ -221,6 +221,26 @@ async fn killed_node_agents_come_back_elsewhere_once_with_every_acknowledged_wri
         "each of the victim's agents taken over once"
     );
     eprintln!("failover of {on_victim} agents took {failover:?}");
+
+    // Operators see owners and epochs, and the dead node's expired lease.
+    let out = meshctl(&nats.url(), "kill", &["agents"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for agent in &agents {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(agent.as_str()))
+            .unwrap();
+        assert!(row.contains("live, epoch "), "{row}");
+        assert!(!row.contains(&victim), "{row}");
+    }
+    let log: String = survivors.iter().map(|n| n.log_text()).collect();
+    let takeover = log
+        .lines()
+        .find(|l| l.contains("agent taken over"))
+        .unwrap();
+    for field in ["from=node-1", "to=node-", "elapsed_ms="] {
+        assert!(takeover.contains(field), "{takeover}");
+    }
 }
 
 #[tokio::test]

@@ -27,6 +27,8 @@ pub(crate) struct Directory {
     live: Mutex<HashMap<AgentId, ActorRef<Delivery>>>,
     /// Agents past their restart limit, with the reason.
     failed: Mutex<BTreeMap<AgentId, String>>,
+    /// The epoch of each activated agent.
+    epochs: Mutex<HashMap<AgentId, u64>>,
 }
 
 impl Directory {
@@ -48,7 +50,21 @@ impl Directory {
             .find(|(_, a)| a.get_id() == actor)
             .map(|(id, _)| id.clone())?;
         live.remove(&id);
+        self.epochs.lock().expect("directory lock").remove(&id);
         Some(id)
+    }
+
+    /// Records the epoch agent `id` was activated under.
+    pub(crate) fn set_epoch(&self, id: &AgentId, epoch: u64) {
+        self.epochs
+            .lock()
+            .expect("directory lock")
+            .insert(id.clone(), epoch);
+    }
+
+    /// The epoch of agent `id`, once activated.
+    pub(crate) fn epoch(&self, id: &AgentId) -> Option<u64> {
+        self.epochs.lock().expect("directory lock").get(id).copied()
     }
 
     /// The names of all agents live here, sorted.

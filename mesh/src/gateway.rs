@@ -167,6 +167,9 @@ pub struct MemberView {
     /// Whether this is the answering node.
     #[serde(default)]
     pub this: bool,
+    /// Whether its ownership lease is valid as the answering node sees it.
+    #[serde(default)]
+    pub lease: Option<bool>,
 }
 
 /// The answer to [`AdminRequest::Members`].
@@ -188,6 +191,10 @@ pub struct AgentsReply {
     /// Agents past their restart limit, with the reason.
     #[serde(default)]
     pub failed: Vec<FailedAgent>,
+    /// The epoch of each live agent, in the order of `agents` (0 while
+    /// it activates).
+    #[serde(default)]
+    pub epochs: Vec<u64>,
 }
 
 /// An agent that crashed past its restart limit.
@@ -313,24 +320,27 @@ pub(crate) async fn admin(shared: &Shared, body: &[u8]) -> Response {
     };
     let value = match request {
         AdminRequest::Members => serde_json::to_value(members(shared)),
-        AdminRequest::Agents => serde_json::to_value(AgentsReply {
-            node: shared.config.name.clone(),
-            agents: shared
-                .directory
-                .names()
+        AdminRequest::Agents => {
+            let names = shared.directory.names();
+            let epochs = names
                 .iter()
-                .map(|a| a.to_string())
-                .collect(),
-            failed: shared
-                .directory
-                .failed()
-                .into_iter()
-                .map(|(agent, reason)| FailedAgent {
-                    agent: agent.to_string(),
-                    reason,
-                })
-                .collect(),
-        }),
+                .map(|a| shared.directory.epoch(a).unwrap_or(0))
+                .collect();
+            serde_json::to_value(AgentsReply {
+                node: shared.config.name.clone(),
+                agents: names.iter().map(|a| a.to_string()).collect(),
+                failed: shared
+                    .directory
+                    .failed()
+                    .into_iter()
+                    .map(|(agent, reason)| FailedAgent {
+                        agent: agent.to_string(),
+                        reason,
+                    })
+                    .collect(),
+                epochs,
+            })
+        }
         AdminRequest::Locate { agent } => {
             let id: AgentId = match agent.parse() {
                 Ok(id) => id,
@@ -411,6 +421,7 @@ fn members(shared: &Shared) -> MembersReply {
         software: me.software,
         age_s: age(me.started_ms),
         this: true,
+        lease: shared.ownership.as_ref().map(|o| o.lease_valid()),
     }];
     for member in view.iter() {
         let info = &member.info;
@@ -426,6 +437,7 @@ fn members(shared: &Shared) -> MembersReply {
             software: info.software.clone(),
             age_s: age(info.started_ms),
             this: false,
+            lease: shared.ownership.as_ref().map(|o| o.is_alive(&info.name)),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

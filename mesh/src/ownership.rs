@@ -340,7 +340,20 @@ impl Ownership {
                 .await
             {
                 Ok(epoch) => {
-                    info!(agent = %id, from = %owner.node, epoch, "agent taken over");
+                    let silent_ms = self
+                        .peers
+                        .lock()
+                        .expect("peers lock")
+                        .get(&owner.node)
+                        .map(|p| p.changed.elapsed().as_millis() as u64);
+                    info!(
+                        agent = %id,
+                        from = %owner.node,
+                        to = %self.me,
+                        epoch,
+                        elapsed_ms = silent_ms.unwrap_or(0),
+                        "agent taken over"
+                    );
                     return Ok(epoch);
                 }
                 Err(e) => debug!(agent = %id, error = %e, "lost the race to take over"),

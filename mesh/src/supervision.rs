@@ -284,7 +284,10 @@ impl Actor for AgentActor {
         if let Mode::Idle = state.mode {
             let (shared, id, kind) = (state.shared.clone(), state.id.clone(), state.kind.clone());
             match activate(&shared, &id, &kind).await {
-                Ok(live) => state.mode = Mode::Serving(live),
+                Ok(live) => {
+                    shared.directory.set_epoch(&id, live.epoch);
+                    state.mode = Mode::Serving(live);
+                }
                 Err(mode) => state.wind_down(&myself, mode),
             }
         }

@@ -230,12 +230,17 @@ impl Ctl {
             return Ok(());
         }
         println!(
-            "{:<20} {:<10} {:<14} {:<8} {:<6} {:<22} {:>8} {:<8}",
-            "NAME", "ZONE", "KIND", "STATUS", "LINKED", "ADDRESS", "AGE", "VERSION"
+            "{:<20} {:<10} {:<14} {:<8} {:<6} {:<7} {:<22} {:>8} {:<8}",
+            "NAME", "ZONE", "KIND", "STATUS", "LINKED", "LEASE", "ADDRESS", "AGE", "VERSION"
         );
         for m in &reply.members {
+            let lease = match m.lease {
+                Some(true) => "ok",
+                Some(false) => "expired",
+                None => "-",
+            };
             println!(
-                "{:<20} {:<10} {:<14} {:<8} {:<6} {:<22} {:>8} {:<8}",
+                "{:<20} {:<10} {:<14} {:<8} {:<6} {:<7} {:<22} {:>8} {:<8}",
                 m.name,
                 m.zone,
                 m.kind,
@@ -247,6 +252,7 @@ impl Ctl {
                 } else {
                     "no"
                 },
+                lease,
                 m.address,
                 humantime::format_duration(Duration::from_secs(m.age_s)).to_string(),
                 m.software
@@ -275,11 +281,14 @@ impl Ctl {
             match reply {
                 Ok(reply) => {
                     let node = reply.node;
+                    let epochs = reply.epochs.iter().map(|e| format!("live, epoch {e}"));
+                    let status = epochs.chain(std::iter::repeat("live".to_owned()));
                     rows.extend(
                         reply
                             .agents
                             .into_iter()
-                            .map(|a| (a, node.clone(), "live".into())),
+                            .zip(status)
+                            .map(|(a, s)| (a, node.clone(), s)),
                     );
                     rows.extend(
                         reply
