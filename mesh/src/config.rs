@@ -139,6 +139,9 @@ pub struct NodeArgs {
     /// How many complete snapshots to keep.
     #[arg(long, env = "MESH_SNAPSHOT_KEEP", value_name = "N")]
     pub snapshot_keep: Option<usize>,
+    /// Also keep every snapshot younger than this, such as 7d.
+    #[arg(long, env = "MESH_SNAPSHOT_MAX_AGE", value_name = "DURATION")]
+    pub snapshot_max_age: Option<String>,
     /// Ownership lease; a dead node's agents move after about this long.
     #[arg(long, env = "MESH_LEASE", value_name = "DURATION")]
     pub lease: Option<String>,
@@ -170,6 +173,7 @@ struct FileConfig {
     s3_region: Option<String>,
     snapshot_interval: Option<String>,
     snapshot_keep: Option<usize>,
+    snapshot_max_age: Option<String>,
     lease: Option<String>,
     link_timeout: Option<String>,
 }
@@ -211,6 +215,8 @@ pub struct Config {
     pub snapshot_interval: Duration,
     /// How many complete snapshots to keep.
     pub snapshot_keep: usize,
+    /// Snapshots younger than this are kept too.
+    pub snapshot_max_age: Option<Duration>,
     /// How long an ownership lease lasts without renewal.
     pub lease: Duration,
     /// How long a link may go without answering pings.
@@ -387,6 +393,10 @@ impl Config {
         if snapshot_keep == 0 {
             return Err(invalid("snapshot_keep", "0", "keep at least one snapshot"));
         }
+        let snapshot_max_age = duration(
+            "snapshot_max_age",
+            text(args.snapshot_max_age, file.snapshot_max_age),
+        )?;
         let lease = duration("lease", text(args.lease, file.lease))?.unwrap_or(DEFAULT_LEASE);
         let link_timeout = duration("link_timeout", text(args.link_timeout, file.link_timeout))?
             .unwrap_or(DEFAULT_LINK_TIMEOUT);
@@ -416,6 +426,7 @@ impl Config {
             snapshots,
             snapshot_interval,
             snapshot_keep,
+            snapshot_max_age,
             lease,
             link_timeout,
         })

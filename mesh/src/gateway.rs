@@ -76,6 +76,9 @@ pub enum AdminRequest {
         /// Restore only this agent.
         #[serde(default)]
         agent: Option<String>,
+        /// A subject that receives `{"done": bytes, "total": bytes}`.
+        #[serde(default)]
+        progress: Option<String>,
     },
 }
 
@@ -242,7 +245,7 @@ async fn serve(
         let nats = nats.clone();
         tokio::spawn(async move {
             let response = if is_admin {
-                admin(&shared, &msg.payload).await
+                admin(&shared, &nats, &msg.payload).await
             } else {
                 call(&shared, &msg.payload).await
             };
@@ -313,7 +316,7 @@ pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
 }
 
 /// Serves one operator query.
-pub(crate) async fn admin(shared: &Shared, body: &[u8]) -> Response {
+pub(crate) async fn admin(shared: &Shared, nats: &async_nats::Client, body: &[u8]) -> Response {
     let request: AdminRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return Response::error("bad_request", format!("invalid request: {e}")),
@@ -373,14 +376,29 @@ pub(crate) async fn admin(shared: &Shared, body: &[u8]) -> Response {
             from,
             snapshot,
             agent,
+            progress,
         } => {
+            // Progress goes to the caller's inbox as {"done": n, "total": m}.
+            let (report, mut reports) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+            if let Some(subject) = progress {
+                let nats = nats.clone();
+                tokio::spawn(async move {
+                    while let Some((done, total)) = reports.recv().await {
+                        let body = serde_json::json!({"done": done, "total": total});
+                        let _ = nats.publish(subject.clone(), body.to_string().into()).await;
+                    }
+                });
+            }
+            let progress = move |done, total| {
+                let _ = report.send((done, total));
+            };
             let agent = match agent.map(|a| a.parse::<AgentId>()).transpose() {
                 Ok(agent) => agent,
                 Err(e) => return Response::error("bad_request", e.to_string()),
             };
             let from = from.unwrap_or_else(|| shared.config.name.clone());
             match shared
-                .restore(&from, snapshot.as_deref(), agent.as_ref())
+                .restore(&from, snapshot.as_deref(), agent.as_ref(), &progress)
                 .await
             {
                 Ok(report) if agent.is_some() && report.agents == 0 => {

@@ -474,10 +474,10 @@ impl Shared {
         let manifest = self.snapshots.take(&self.config.name, &self.store).await?;
         self.last_snapshot_ms
             .store(manifest.created_ms, Ordering::Relaxed);
-        let keep = self.config.snapshot_keep;
+        let (keep, max_age) = (self.config.snapshot_keep, self.config.snapshot_max_age);
         if let Err(e) = self
             .snapshots
-            .prune(&self.config.name, keep, &manifest.id)
+            .prune(&self.config.name, keep, max_age, &manifest.id)
             .await
         {
             warn!(error = %e, "cannot prune old snapshots");
@@ -495,9 +495,11 @@ impl Shared {
         node: &str,
         only: Option<&str>,
         agent: Option<&AgentId>,
+        progress: snapshot::Progress<'_>,
     ) -> Result<RestoreReport, SnapshotError> {
         let _only_one = self.snapshot_lock.lock().await;
-        let (manifest, records, skipped) = self.snapshots.newest_readable(node, only).await?;
+        let (manifest, records, skipped) =
+            self.snapshots.newest_readable(node, only, progress).await?;
         let mut report = RestoreReport {
             snapshot: manifest.id.clone(),
             bytes: manifest.bytes,
@@ -543,7 +545,10 @@ impl Shared {
         if !self.store.is_empty() {
             return;
         }
-        match self.restore(&self.config.name, None, None).await {
+        match self
+            .restore(&self.config.name, None, None, &|_, _| {})
+            .await
+        {
             Ok(report) => {
                 info!(agents = report.agents, snapshot = %report.snapshot, "empty store restored from snapshot")
             }

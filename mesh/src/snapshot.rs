@@ -127,11 +127,15 @@ pub struct RestoreReport {
     pub skipped: Vec<String>,
 }
 
+/// A progress report: bytes done, bytes in total.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
 /// Snapshots of one cluster in one object store.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
     store: Arc<dyn ObjectStore>,
     cluster: String,
+    object_bytes: usize,
     /// Where the store is, for log lines.
     pub target: String,
 }
@@ -175,35 +179,55 @@ fn creation_ms() -> u64 {
     now.max(previous + 1)
 }
 
-/// Accumulates data objects and the index while a snapshot is written.
+/// Accumulates data objects and the index while a snapshot is written; a
+/// full object is handed out at once, so it uploads while the next fills.
 struct Builder {
-    objects: Vec<Vec<u8>>,
+    current: Vec<u8>,
+    number: u32,
     index: Vec<IndexEntry>,
+    object_bytes: usize,
 }
 
 impl Builder {
-    fn add(&mut self, agent: &AgentId, record: &Record) {
-        let compressed = lz4_flex::compress_prepend_size(&record.encode());
-        let needs_new = self
-            .objects
-            .last()
-            .is_none_or(|o| o.len() + compressed.len() + 4 > DATA_OBJECT_BYTES && !o.is_empty());
-        if needs_new {
-            self.objects.push(Vec::with_capacity(1024 * 1024));
+    fn new(object_bytes: usize) -> Self {
+        Builder {
+            current: Vec::with_capacity(object_bytes),
+            number: 0,
+            index: Vec::new(),
+            object_bytes,
         }
-        let number = (self.objects.len() - 1) as u32;
-        let object = self.objects.last_mut().expect("an object exists");
-        let offset = object.len() as u64;
-        object.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
-        object.extend_from_slice(&compressed);
-        let entry = &object[offset as usize..];
+    }
+
+    /// Adds one record; returns the previous object if this one starts a
+    /// new object.
+    fn add(&mut self, agent: &AgentId, record: &Record) -> Option<Vec<u8>> {
+        let compressed = lz4_flex::compress_prepend_size(&record.encode());
+        let entry_len = compressed.len() + 4;
+        let mut full = None;
+        if self.current.len() + entry_len > self.object_bytes && !self.current.is_empty() {
+            let next = Vec::with_capacity(self.object_bytes);
+            full = Some(std::mem::replace(&mut self.current, next));
+            self.number += 1;
+        }
+        let offset = self.current.len();
+        self.current
+            .extend_from_slice(&(compressed.len() as u32).to_le_bytes());
+        self.current.extend_from_slice(&compressed);
+        let entry = &self.current[offset..];
         self.index.push(IndexEntry {
             agent: agent.to_string(),
-            object: number,
-            offset,
+            object: self.number,
+            offset: offset as u64,
             len: entry.len() as u32,
             crc32: crc32fast::hash(entry),
         });
+        full
+    }
+
+    /// The last object (if it holds anything) and the index.
+    fn finish(self) -> (Option<Vec<u8>>, Vec<IndexEntry>) {
+        let last = (!self.current.is_empty()).then_some(self.current);
+        (last, self.index)
     }
 }
 
@@ -280,8 +304,15 @@ impl Snapshots {
         Snapshots {
             store,
             cluster: cluster.to_owned(),
+            object_bytes: DATA_OBJECT_BYTES,
             target: target.to_owned(),
         }
+    }
+
+    /// Caps data objects at `bytes` instead of [`DATA_OBJECT_BYTES`].
+    pub fn with_object_bytes(mut self, bytes: usize) -> Self {
+        self.object_bytes = bytes.max(1);
+        self
     }
 
     fn folder(&self, node: &str, id: &str) -> String {
@@ -313,20 +344,33 @@ impl Snapshots {
         let folder = self.folder(node, &id);
 
         // Records are read one agent at a time: each is consistent, and an
-        // agent changed meanwhile is caught by the next snapshot.
-        let mut builder = Builder {
-            objects: Vec::new(),
-            index: Vec::new(),
-        };
-        for (agent, record) in store.iter() {
-            builder.add(&agent, &record);
-        }
+        // agent changed meanwhile is caught by the next snapshot. A blocking
+        // thread builds objects while this task uploads the previous one,
+        // so at most two objects are in memory.
+        let (objects, mut ready) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+        let source = store.clone();
+        let object_bytes = self.object_bytes;
+        let building = tokio::task::spawn_blocking(move || {
+            let mut builder = Builder::new(object_bytes);
+            for (agent, record) in source.iter() {
+                if let Some(full) = builder.add(&agent, &record) {
+                    if objects.blocking_send(full).is_err() {
+                        return None;
+                    }
+                }
+            }
+            let (last, index) = builder.finish();
+            if let Some(last) = last {
+                objects.blocking_send(last).ok()?;
+            }
+            Some(index)
+        });
 
-        let mut data = Vec::with_capacity(builder.objects.len());
+        let mut data = Vec::new();
         let mut bytes = 0;
-        for (i, object) in builder.objects.into_iter().enumerate() {
+        while let Some(object) = ready.recv().await {
             let info = ObjectInfo {
-                name: format!("data-{i:05}.bin"),
+                name: format!("data-{:05}.bin", data.len()),
                 size: object.len() as u64,
                 crc32: crc32fast::hash(&object),
             };
@@ -334,8 +378,12 @@ impl Snapshots {
             self.put(format!("{folder}/{}", info.name), object).await?;
             data.push(info);
         }
+        let entries = building
+            .await
+            .map_err(|e| SnapshotError::Storage(format!("snapshot builder failed: {e}")))?
+            .ok_or_else(|| SnapshotError::Storage("snapshot builder stopped".into()))?;
         let index_bytes = lz4_flex::compress_prepend_size(
-            &codec::encode(&builder.index).map_err(|e| SnapshotError::Storage(e.to_string()))?,
+            &codec::encode(&entries).map_err(|e| SnapshotError::Storage(e.to_string()))?,
         );
         let index = ObjectInfo {
             name: "index.bin".into(),
@@ -351,7 +399,7 @@ impl Snapshots {
             node: node.to_owned(),
             created_ms,
             software: crate::SOFTWARE_VERSION.into(),
-            agents: builder.index.len() as u64,
+            agents: entries.len() as u64,
             bytes,
             data,
             index,
@@ -476,10 +524,25 @@ impl Snapshots {
 
     /// Every record of a snapshot, each object checked whole.
     pub async fn records(&self, m: &Manifest) -> Result<Vec<(AgentId, Record)>, SnapshotError> {
+        self.records_with_progress(m, &|_, _| {}).await
+    }
+
+    /// [`Snapshots::records`], calling `progress(bytes done, bytes total)`
+    /// after each object.
+    pub async fn records_with_progress(
+        &self,
+        m: &Manifest,
+        progress: Progress<'_>,
+    ) -> Result<Vec<(AgentId, Record)>, SnapshotError> {
         let index = self.index(m).await?;
+        let total = m.bytes + m.index.size;
+        let mut done = m.index.size;
+        progress(done, total);
         let mut objects = Vec::with_capacity(m.data.len());
         for info in &m.data {
             objects.push(self.object(m, info).await?);
+            done += info.size;
+            progress(done, total);
         }
         let mut out = Vec::with_capacity(index.len());
         for entry in index {
@@ -545,13 +608,14 @@ impl Snapshots {
         &self,
         node: &str,
         only: Option<&str>,
+        progress: Progress<'_>,
     ) -> Result<(Manifest, Vec<(AgentId, Record)>, Vec<String>), SnapshotError> {
         let mut skipped = Vec::new();
         for m in self.list(node).await? {
             if only.is_some_and(|id| id != m.id) {
                 continue;
             }
-            match self.records(&m).await {
+            match self.records_with_progress(&m, progress).await {
                 Ok(records) => return Ok((m, records, skipped)),
                 Err(e) => {
                     warn!(node = %node, snapshot = %m.id, error = %e, "snapshot unreadable; trying the previous one");
@@ -565,16 +629,22 @@ impl Snapshots {
         }
     }
 
-    /// Deletes snapshots of `node` beyond the newest `keep` complete ones,
-    /// and folders without a manifest other than `current`.
+    /// Deletes the snapshots of `node` that are neither among the newest
+    /// `keep` complete ones nor younger than `max_age`, and every folder
+    /// without a manifest other than `current`.
     pub async fn prune(
         &self,
         node: &str,
         keep: usize,
+        max_age: Option<Duration>,
         current: &str,
     ) -> Result<usize, SnapshotError> {
         let mut complete = 0;
         let mut doomed = Vec::new();
+        let now = now_ms();
+        let young = |m: &Manifest| {
+            max_age.is_some_and(|age| now.saturating_sub(m.created_ms) < age.as_millis() as u64)
+        };
         for id in self.ids(node).await? {
             if id == current {
                 complete += 1;
@@ -582,6 +652,7 @@ impl Snapshots {
             }
             match self.manifest(node, &id).await {
                 Ok(Some(_)) if complete < keep => complete += 1,
+                Ok(Some(m)) if young(&m) => complete += 1,
                 _ => doomed.push(id),
             }
         }

@@ -56,6 +56,7 @@ pub enum Frame {
         /// while it travelled); bounded so a call never circles.
         hops: u8,
         /// The encoded agent message.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Deliver `payload` to `to`; nobody waits for an answer.
@@ -63,6 +64,7 @@ pub enum Frame {
         /// The target agent.
         to: AgentId,
         /// The encoded agent message.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// The answer to the call `id`.
@@ -70,6 +72,7 @@ pub enum Frame {
         /// The caller's request number.
         id: u64,
         /// The encoded reply, or why there is none.
+        #[serde(with = "reply_bytes")]
         result: Result<Vec<u8>, CallError>,
     },
     /// A liveness probe; node `from` wants [`Frame::Pong`] with `nonce`.
@@ -86,6 +89,31 @@ pub enum Frame {
         /// The node answering.
         from: String,
     },
+}
+
+/// Writes a reply's bytes as one byte string: the same encoding as a byte
+/// sequence, without a per-byte visit.
+mod reply_bytes {
+    use actors::CallError;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::ByteBuf;
+
+    pub(super) fn serialize<S: Serializer>(
+        result: &Result<Vec<u8>, CallError>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        result
+            .as_ref()
+            .map(|bytes| serde_bytes::Bytes::new(bytes))
+            .serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Result<Vec<u8>, CallError>, D::Error> {
+        let result = Result::<ByteBuf, CallError>::deserialize(deserializer)?;
+        Ok(result.map(ByteBuf::into_vec))
+    }
 }
 
 /// A frame that could not be read.

@@ -395,14 +395,41 @@ impl Ctl {
             }
             (None, None) => return Err(Failure(2, "give --node or --agent".into())),
         };
+        // The node reports progress to an inbox of ours while it downloads.
+        let inbox = self.client.new_inbox();
+        let mut reports = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Failure(3, format!("cannot subscribe for progress: {e}")))?;
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("the template is valid"),
+        );
+        let shown = bar.clone();
+        let watcher = tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(msg) = reports.next().await {
+                let report: serde_json::Value =
+                    serde_json::from_slice(&msg.payload).unwrap_or_default();
+                shown.set_length(report["total"].as_u64().unwrap_or(0));
+                shown.set_position(report["done"].as_u64().unwrap_or(0));
+            }
+        });
         let request = AdminRequest::Restore {
             from,
             snapshot,
             agent,
+            progress: Some(inbox),
         };
         let started = std::time::Instant::now();
         let subject = subjects::node_admin(&self.cluster, &node);
-        let value = self.admin(subject, &request).await?;
+        let value = self.admin(subject, &request).await;
+        watcher.abort();
+        bar.finish_and_clear();
+        let value = value?;
         let report: mesh::snapshot::RestoreReport = serde_json::from_value(value)
             .map_err(|e| Failure::mesh(format!("unreadable answer: {e}")))?;
         for skipped in &report.skipped {

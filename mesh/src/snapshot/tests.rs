@@ -71,8 +71,11 @@ async fn a_folder_without_manifest_is_not_a_snapshot_and_is_pruned() {
     assert_eq!(listed, vec![good.id.clone()]);
 
     let newer = snapshots.take("n1", &store).await.unwrap();
-    let removed = snapshots.prune("n1", 1, &newer.id).await.unwrap();
-    assert_eq!(removed, 2, "the partial folder and the older snapshot");
+    // A generous age keeps everything complete; only the partial goes.
+    let day = Some(std::time::Duration::from_secs(86_400));
+    assert_eq!(snapshots.prune("n1", 1, day, &newer.id).await.unwrap(), 1);
+    let removed = snapshots.prune("n1", 1, None, &newer.id).await.unwrap();
+    assert_eq!(removed, 1, "the older snapshot");
     assert!(memory.get(&partial).await.is_err());
     let listed: Vec<String> = snapshots
         .list("n1")
@@ -104,7 +107,10 @@ async fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one_and_says_why()
     bytes[10] ^= 0xff;
     memory.put(&key, PutPayload::from(bytes)).await.unwrap();
 
-    let (used, records, skipped) = snapshots.newest_readable("n1", None).await.unwrap();
+    let (used, records, skipped) = snapshots
+        .newest_readable("n1", None, &|_, _| {})
+        .await
+        .unwrap();
     assert_eq!(used.id, older.id);
     assert_eq!(records.len(), 10);
     assert_eq!(skipped.len(), 1);
@@ -143,4 +149,26 @@ async fn many_agents_share_few_objects() {
         "one data object, the index and the manifest"
     );
     assert_eq!(m.data.len(), 1);
+}
+
+#[tokio::test]
+async fn records_spread_over_many_objects_read_back_whole_and_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 300).await;
+    let memory = Arc::new(InMemory::new());
+    // An entry compresses to about 30 bytes: a dozen or so fit in an object.
+    let snapshots = Snapshots::new(memory, "test", "memory").with_object_bytes(512);
+    let m = snapshots.take("n1", &store).await.unwrap();
+    assert!(m.data.len() >= 10, "{} objects", m.data.len());
+    assert_eq!(m.bytes, m.data.iter().map(|o| o.size).sum::<u64>());
+
+    let all = snapshots.records(&m).await.unwrap();
+    assert_eq!(all.len(), 300);
+    let catalog = Catalog::load(&snapshots).await.unwrap();
+    for i in [0, 150, 299] {
+        let id: AgentId = format!("counter/c{i}").parse().unwrap();
+        let (m, entry) = catalog.find(&id).unwrap();
+        assert!(entry.object > 0 || i == 0);
+        assert_eq!(snapshots.record(m, entry).await.unwrap(), record(i));
+    }
 }
