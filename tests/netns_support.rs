@@ -81,11 +81,13 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
 }
 
 /// Runs `cmd` to completion with no input and captured output.
+fn try_output(cmd: &mut Command) -> io::Result<Output> {
+    die_with_parent(cmd).stdin(Stdio::null()).output()
+}
+
+/// [`try_output`], panicking if `cmd` cannot start.
 fn output(cmd: &mut Command) -> Output {
-    die_with_parent(cmd)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    try_output(cmd).unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Runs `cmd`, panicking with its stderr unless it succeeds.
@@ -150,7 +152,9 @@ fn pid_gone(pid: i32) -> bool {
 
 /// SIGKILLs every process inside namespace `ns`; returns their pids.
 fn kill_namespace_processes(ns: &str) -> Vec<i32> {
-    let out = output(&mut ip(&["netns", "pids", ns]));
+    let Ok(out) = try_output(&mut ip(&["netns", "pids", ns])) else {
+        return Vec::new();
+    };
     let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
@@ -163,7 +167,7 @@ fn kill_namespace_processes(ns: &str) -> Vec<i32> {
 }
 
 /// Kills what runs in `namespaces`, waits until it is gone (up to 5 s), and
-/// deletes them. Returns what went wrong.
+/// deletes them. Returns what went wrong; never panics (it runs in drop).
 fn delete_namespaces(namespaces: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut pids = Vec::new();
@@ -180,12 +184,13 @@ fn delete_namespaces(namespaces: &[String]) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     for ns in namespaces {
-        let out = output(&mut ip(&["netns", "del", ns]));
-        if !out.status.success() {
-            problems.push(format!(
+        match try_output(&mut ip(&["netns", "del", ns])) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => problems.push(format!(
                 "ip netns del {ns}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            )),
+            Err(e) => problems.push(format!("ip netns del {ns}: {e}")),
         }
     }
     problems
@@ -301,7 +306,9 @@ impl Lab {
         // No IPv6 link-local addresses anywhere (addrgenmode none): all lab
         // traffic is IPv4, which the partition rules cover.
         ip_in(sw, "link add br0 type bridge");
-        ip_in(sw, "link set br0 addrgenmode none up");
+        // (A bridge ignores addrgenmode given together with `up`.)
+        ip_in(sw, "link set br0 addrgenmode none");
+        ip_in(sw, "link set br0 up");
         for (i, (name, zone)) in hosts.iter().enumerate() {
             let ns = format!("{NS_PREFIX}{}-h-{name}", lab.id);
             lab.add_namespace(&ns);

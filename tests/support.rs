@@ -135,6 +135,93 @@ impl Drop for Nats {
     }
 }
 
+/// A cluster of NATS servers with JetStream on loopback.
+pub struct NatsCluster {
+    servers: Vec<(Child, u16, u16)>,
+    dir: tempfile::TempDir,
+    generation: u32,
+}
+
+impl NatsCluster {
+    /// Starts `n` routed servers and waits for a JetStream meta leader.
+    pub async fn start(n: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut cluster = NatsCluster {
+            servers: Vec::new(),
+            dir,
+            generation: 0,
+        };
+        cluster.spawn_all(&ports).await;
+        cluster
+    }
+
+    async fn spawn_all(&mut self, ports: &[(u16, u16)]) {
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+            .collect();
+        let mut logs = Vec::new();
+        for (i, (client, route)) in ports.iter().enumerate() {
+            let log = self
+                .dir
+                .path()
+                .join(format!("nats-{i}-{}.log", self.generation));
+            let child = spawn_child(
+                Command::new(nats_server_bin())
+                    .args(["-a", "127.0.0.1", "-p", &client.to_string()])
+                    .args(["--server_name", &format!("s{i}"), "--cluster_name", "mesh"])
+                    .args(["-cluster", &format!("nats://127.0.0.1:{route}")])
+                    .args(["-routes", &routes.join(",")])
+                    .args(["-js", "-sd"])
+                    .arg(self.dir.path().join(format!("js-{i}"))),
+                &log,
+            );
+            self.servers.push((child, *client, *route));
+            logs.push(log);
+        }
+        wait_until("a JetStream meta leader", Duration::from_secs(30), || {
+            let found = logs.iter().any(|log| {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                text.contains("JetStream cluster new metadata leader")
+                    || text.contains("Self is new JetStream cluster metadata leader")
+            });
+            async move { found.then_some(()) }
+        })
+        .await;
+    }
+
+    /// The client URLs, comma separated, as `--nats` takes them.
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self
+            .servers
+            .iter()
+            .map(|(_, client, _)| format!("nats://127.0.0.1:{client}"))
+            .collect();
+        urls.join(",")
+    }
+
+    /// Stops every server (data stays).
+    pub fn stop_all(&mut self) {
+        for (child, _, _) in &mut self.servers {
+            stop_child(child);
+        }
+    }
+
+    /// Starts every server again on the same ports and data.
+    pub async fn restart_all(&mut self) {
+        let ports: Vec<(u16, u16)> = self.servers.drain(..).map(|(_, c, r)| (c, r)).collect();
+        self.generation += 1;
+        self.spawn_all(&ports).await;
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
 /// How to start one node.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -185,6 +272,11 @@ pub struct MeshNode {
 impl MeshNode {
     /// Starts a node against `nats`.
     pub fn start(nats: &Nats, spec: NodeSpec) -> MeshNode {
+        Self::start_with(&nats.url(), spec)
+    }
+
+    /// Starts a node against the NATS servers at `urls`.
+    pub fn start_with(urls: &str, spec: NodeSpec) -> MeshNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = dir.path().join("secret");
         std::fs::write(&secret, &spec.secret).expect("secret file");
@@ -204,7 +296,7 @@ impl MeshNode {
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .args(["--cluster", &spec.cluster, "--name", &spec.name])
-                .args(["--zone", &spec.zone, "--nats", &nats.url()])
+                .args(["--zone", &spec.zone, "--nats", urls])
                 .args(["--listen", &listen])
                 .args(["--heartbeat", &spec.heartbeat])
                 .args(["--member-timeout", &spec.member_timeout])
@@ -300,7 +392,18 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(nats: &Nats, cluster: &str) -> Client {
-        let client = async_nats::connect(nats.url())
+        Self::connect_to(&nats.url(), cluster).await
+    }
+
+    /// Connects to any of the comma-separated `urls`.
+    pub async fn connect_to(urls: &str, cluster: &str) -> Client {
+        let addrs: Vec<async_nats::ServerAddr> = urls
+            .split(',')
+            .map(|u| u.parse().expect("a NATS URL"))
+            .collect();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(addrs)
             .await
             .expect("test client connects");
         Client {

@@ -148,6 +148,10 @@ pub struct NodeArgs {
     /// How long a link may go without answering pings before it is cut.
     #[arg(long, env = "MESH_LINK_TIMEOUT", value_name = "DURATION")]
     pub link_timeout: Option<String>,
+    /// JetStream replicas of the ownership and replicated-state buckets
+    /// (3 in a NATS cluster spanning zones) [default: 1].
+    #[arg(long, env = "MESH_KV_REPLICAS", value_name = "N")]
+    pub kv_replicas: Option<usize>,
 }
 
 /// The keys of the configuration file; all optional.
@@ -176,6 +180,7 @@ struct FileConfig {
     snapshot_max_age: Option<String>,
     lease: Option<String>,
     link_timeout: Option<String>,
+    kv_replicas: Option<usize>,
 }
 
 /// A node's checked configuration.
@@ -221,6 +226,8 @@ pub struct Config {
     pub lease: Duration,
     /// How long a link may go without answering pings.
     pub link_timeout: Duration,
+    /// JetStream replicas of the mesh's buckets.
+    pub kv_replicas: usize,
 }
 
 /// Where snapshots are written.
@@ -400,6 +407,14 @@ impl Config {
         let lease = duration("lease", text(args.lease, file.lease))?.unwrap_or(DEFAULT_LEASE);
         let link_timeout = duration("link_timeout", text(args.link_timeout, file.link_timeout))?
             .unwrap_or(DEFAULT_LINK_TIMEOUT);
+        let kv_replicas = args.kv_replicas.or(file.kv_replicas).unwrap_or(1);
+        if !(1..=5).contains(&kv_replicas) {
+            return Err(invalid(
+                "kv_replicas",
+                &kv_replicas.to_string(),
+                "JetStream allows 1 to 5 replicas",
+            ));
+        }
         if lease < Duration::from_millis(200) {
             return Err(invalid(
                 "lease",
@@ -429,6 +444,7 @@ impl Config {
             snapshot_max_age,
             lease,
             link_timeout,
+            kv_replicas,
         })
     }
 }

@@ -637,27 +637,28 @@ impl Node {
         let snapshots = snapshot::open_target(&config.snapshots, &config.cluster)
             .map_err(|e| anyhow::anyhow!("snapshots at {}: {e}", config.snapshots))?;
         let nats = crate::connect_nats(&config.nats, &format!("mesh-node {}", config.name)).await?;
-        let bucket = match crate::state::open_bucket(&nats, &config.cluster).await {
-            Ok(bucket) => Some(bucket),
-            Err(e) => {
-                warn!(error = %e, "replicated agents are unavailable");
-                None
-            }
-        };
+        let bucket =
+            match crate::state::open_bucket(&nats, &config.cluster, config.kv_replicas).await {
+                Ok(bucket) => Some(bucket),
+                Err(e) => {
+                    warn!(error = %e, "replicated agents are unavailable");
+                    None
+                }
+            };
         let ownership = match Ownership::open(
             &nats,
             &config.cluster,
             &config.name,
             incarnation,
             config.lease,
+            config.kv_replicas,
         )
         .await
         {
             Ok(ownership) => Some(ownership),
-            Err(e) => {
-                warn!(error = %e, "no ownership bucket: single activation is not guaranteed");
-                None
-            }
+            // Without the ownership table two nodes could run one agent:
+            // refuse to start rather than serve unsafely.
+            Err(e) => return Err(e.context("single activation needs the ownership bucket")),
         };
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let shared = Arc::new_cyclic(|me| Shared {

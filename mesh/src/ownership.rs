@@ -16,7 +16,10 @@
 //!    revision written is the activation's epoch, a fencing token carried by
 //!    every state write;
 //! 4. an entry whose owner is alive is never overwritten: the message goes
-//!    to the owner instead.
+//!    to the owner instead;
+//! 5. reads may be served by a lagging replica, so no decision to run an
+//!    agent rests on a read alone: every activation, even by the node that
+//!    already owns the entry, is a compare-and-set write.
 //!
 //! While this node cannot reach NATS it learns nothing about leases, so it
 //! judges none: every lease counts as renewed when the connection returns.
@@ -36,6 +39,10 @@ use tracing::{debug, info, warn};
 
 use crate::state::bucket_key;
 
+/// How many times the first lease write is tried.
+const FIRST_LEASE_ATTEMPTS: u32 = 40;
+/// The pause between two first-lease attempts.
+const FIRST_LEASE_RETRY: Duration = Duration::from_millis(250);
 /// How long a re-watch waits after the watch failed.
 const REWATCH_DELAY: Duration = Duration::from_millis(200);
 /// How often the watcher checks the NATS connection.
@@ -155,6 +162,11 @@ pub struct Ownership {
     clock: LeaseClock,
     peers: Mutex<HashMap<String, PeerLease>>,
     owners: Mutex<HashMap<String, Owner>>,
+    /// Since when the watch has delivered without a break; `None` while it
+    /// is broken. A lease only counts as expired when the watch has been
+    /// healthy for longer than a lease: otherwise a renewal may simply not
+    /// have reached us.
+    watching_since: Mutex<Option<Instant>>,
 }
 
 fn agent_key(id: &AgentId) -> String {
@@ -169,21 +181,9 @@ impl Ownership {
         me: &str,
         incarnation: u64,
         lease: Duration,
+        replicas: usize,
     ) -> anyhow::Result<Arc<Ownership>> {
-        let js = async_nats::jetstream::new(nats.clone());
-        let name = bucket_name(cluster);
-        let bucket = match js.get_key_value(&name).await {
-            Ok(bucket) => bucket,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: name.clone(),
-                    history: 1,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot open the ownership bucket {name}: {e}"))?,
-        };
+        let bucket = crate::state::open_kv(nats, &bucket_name(cluster), replicas).await?;
         let ownership = Arc::new(Ownership {
             bucket,
             me: me.to_owned(),
@@ -193,8 +193,19 @@ impl Ownership {
             clock: LeaseClock::new(lease, lease.mul_f64(0.15)),
             peers: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
+            watching_since: Mutex::new(None),
         });
-        ownership.renew(None).await?;
+        // A bucket just created in a JetStream cluster may refuse writes
+        // until its replicas agree: retry the first lease for a while.
+        let mut attempts = 0;
+        while let Err(e) = ownership.renew(None).await {
+            attempts += 1;
+            if attempts >= FIRST_LEASE_ATTEMPTS {
+                return Err(e.context("cannot take the first lease"));
+            }
+            debug!(attempt = attempts, error = %e, "first lease refused; retrying");
+            tokio::time::sleep(FIRST_LEASE_RETRY).await;
+        }
         Ok(ownership)
     }
 
@@ -230,15 +241,25 @@ impl Ownership {
         self.clock.valid_at(Instant::now())
     }
 
+    /// Whether this node has watched the leases long enough, without a
+    /// break, to tell an expired lease from a renewal it missed.
+    fn can_judge(&self) -> bool {
+        let since = *self.watching_since.lock().expect("watch lock");
+        since.is_some_and(|t| t.elapsed() > self.lease + self.margin)
+    }
+
+    /// Whether the lease of `peer`, as last seen, has expired.
+    fn expired(&self, peer: &PeerLease) -> bool {
+        self.can_judge() && peer.changed.elapsed() > self.lease + self.margin
+    }
+
     /// Whether `node` holds a lease that has not expired, as seen here.
     pub fn is_alive(&self, node: &str) -> bool {
         if node == self.me {
             return self.lease_valid();
         }
-        let peers = self.peers.lock().expect("peers lock");
-        peers
-            .get(node)
-            .is_some_and(|p| p.changed.elapsed() <= self.lease + self.margin)
+        let peer = self.peers.lock().expect("peers lock").get(node).cloned();
+        peer.is_some_and(|p| !self.expired(&p))
     }
 
     /// The owner of `id` as last seen through the watch.
@@ -267,7 +288,7 @@ impl Ownership {
             if peer.incarnation != owner.incarnation {
                 return Ok(true);
             }
-            return Ok(peer.changed.elapsed() > self.lease + self.margin);
+            return Ok(self.expired(&peer));
         }
         let entry = self
             .bucket
@@ -328,8 +349,22 @@ impl Ownership {
             };
             let owner: Owner =
                 serde_json::from_slice(&entry.value).map_err(|e| unavailable(e.to_string()))?;
+            // Reads may come from a replica that lags behind its leader, so
+            // even "it is already mine" is confirmed by a compare-and-set,
+            // which only the leader accepts. Every activation thus gets an
+            // epoch of its own.
             if owner.node == self.me && owner.incarnation == self.incarnation {
-                return Ok(entry.revision);
+                match self
+                    .bucket
+                    .update(&key, mine.clone().into(), entry.revision)
+                    .await
+                {
+                    Ok(epoch) => return Ok(epoch),
+                    Err(e) => {
+                        debug!(agent = %id, error = %e, "ownership read was stale");
+                        continue;
+                    }
+                }
             }
             if !self.owner_is_gone(&owner).await? {
                 return Err(Refusal::OwnedBy(owner.node));
@@ -469,16 +504,25 @@ pub(crate) async fn renew_forever(ownership: Arc<Ownership>) {
 /// NATS comes back.
 pub(crate) async fn watch_forever(ownership: Arc<Ownership>, nats: async_nats::Client) {
     loop {
-        let mut watch = match ownership.bucket.watch_with_history(">").await {
-            Ok(watch) => watch,
-            Err(e) => {
+        // Creating a watch needs the stream's leader, which a JetStream
+        // cluster may be electing: bound the wait and try again.
+        let created =
+            tokio::time::timeout(ownership.lease, ownership.bucket.watch_with_history(">"));
+        let mut watch = match created.await {
+            Ok(Ok(watch)) => watch,
+            Ok(Err(e)) => {
                 debug!(error = %e, "cannot watch the ownership bucket");
                 tokio::time::sleep(REWATCH_DELAY).await;
+                continue;
+            }
+            Err(_) => {
+                debug!("watching the ownership bucket timed out");
                 continue;
             }
         };
         let mut check = tokio::time::interval(CONNECTION_CHECK);
         let mut last_event = Instant::now();
+        *ownership.watching_since.lock().expect("watch lock") = Some(Instant::now());
         loop {
             tokio::select! {
                 entry = watch.next() => match entry {
@@ -503,6 +547,7 @@ pub(crate) async fn watch_forever(ownership: Arc<Ownership>, nats: async_nats::C
                 }
             }
         }
+        *ownership.watching_since.lock().expect("watch lock") = None;
         ownership.forgive();
         // Wait for NATS before watching again.
         while nats.connection_state() != async_nats::connection::State::Connected {

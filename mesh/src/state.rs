@@ -6,8 +6,8 @@
 //! 2. for `replicated` kinds, the replicated bucket in NATS JetStream;
 //! 3. if neither has it, the newest snapshot holding it, from any node.
 //!
-//! The newest record wins (epoch, then sequence). The activation's epoch is
-//! one more than the record's, so epochs only grow.
+//! For `replicated` kinds the bucket's record wins whenever there is one;
+//! otherwise the local one, then the snapshot.
 //!
 //! Saving: the new record goes to the local store (group commit) and, for
 //! `replicated` kinds, to the bucket with compare-and-set on the revision
@@ -52,24 +52,53 @@ pub fn bucket_key(id: &AgentId) -> String {
     key
 }
 
+/// How many times opening a bucket is tried before giving up.
+const BUCKET_ATTEMPTS: u32 = 20;
+/// The pause between two attempts.
+const BUCKET_RETRY: Duration = Duration::from_millis(250);
+
+/// Opens (or creates) a KV bucket, retrying a while: nodes starting
+/// together race to create it, and a JetStream cluster that is still
+/// electing its leader refuses for a moment.
+pub(crate) async fn open_kv(
+    nats: &async_nats::Client,
+    name: &str,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut last = String::new();
+    for attempt in 1..=BUCKET_ATTEMPTS {
+        if let Ok(store) = js.get_key_value(name).await {
+            return Ok(store);
+        }
+        let config = kv::Config {
+            bucket: name.to_owned(),
+            history: 1,
+            num_replicas: replicas,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        match js.create_key_value(config).await {
+            Ok(store) => return Ok(store),
+            Err(e) => {
+                last = e.to_string();
+                tracing::debug!(bucket = %name, attempt, error = %last, "cannot open bucket yet");
+            }
+        }
+        tokio::time::sleep(BUCKET_RETRY).await;
+    }
+    anyhow::bail!(
+        "cannot open the JetStream bucket {name}: {last} (is JetStream enabled on the NATS server?)"
+    )
+}
+
 /// Opens (or creates) the replicated-state bucket.
 pub(crate) async fn open_bucket(
     nats: &async_nats::Client,
     cluster: &str,
+    replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    let js = async_nats::jetstream::new(nats.clone());
-    let name = bucket_name(cluster);
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: name.clone(),
-        history: 1,
-        storage: async_nats::jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot open the replicated-state bucket {name}: {e}"))
+    open_kv(nats, &bucket_name(cluster), replicas).await
 }
 
 /// What an activation starts from.
@@ -114,12 +143,14 @@ pub(crate) async fn load(
             .await
             .map_err(|e| unavailable(id, format!("replicated state: {e}")))?;
         if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+            // The bucket is the truth for replicated kinds: a local record
+            // can only be ahead of it when a save failed half-way (the
+            // local write landed, the compare-and-set did not), and such a
+            // change was never acknowledged.
             let record = Record::decode(&entry.value).map_err(|e| unavailable(id, e))?;
             best.revision = Some(entry.revision);
-            if best.record.as_ref().is_none_or(|r| record.is_newer_than(r)) {
-                best.record = Some(record);
-                best.source = "replicated bucket";
-            }
+            best.record = Some(record);
+            best.source = "replicated bucket";
         }
     }
 
