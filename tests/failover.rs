@@ -120,10 +120,12 @@ async fn killed_node_agents_come_back_elsewhere_once_with_every_acknowledged_wri
     // Six replicated counters, at least one on the victim.
     let agents: Vec<String> = (0..6).map(|i| format!("rcounter/f{i}")).collect();
     let mut on_victim = 0;
+    let mut victims_agents = Vec::new();
     for agent in &agents {
         ok(client.call(None, agent, json!({"add": 0})).await);
         if client.locate("node-0", agent).await == victim {
             on_victim += 1;
+            victims_agents.push(agent.clone());
         }
     }
     assert!(on_victim > 0, "no counter on the victim; pick other names");
@@ -196,6 +198,11 @@ async fn killed_node_agents_come_back_elsewhere_once_with_every_acknowledged_wri
             "{agent}: {value} > {acked} + {unsure} uncertain"
         );
         assert_ne!(client.locate("node-0", agent).await, victim);
+    }
+    // The victim (fr-par-2) hands over to its own region (node-0 in
+    // fr-par-1) before another region (node-2 in nl-ams-1).
+    for agent in &victims_agents {
+        assert_eq!(client.locate("node-2", agent).await, "node-0", "{agent}");
     }
 
     // An epoch belongs to one node: no two nodes ever ran an agent under

@@ -140,7 +140,7 @@ async fn a_node_wiped_after_an_s3_snapshot_comes_back_and_peers_restore_single_a
     let out = meshctl(
         &nats.url(),
         "s3wipe",
-        &["snapshots", "--node", "node-a", "--json"],
+        &["snapshots", "list", "--node", "node-a", "--json"],
     );
     assert!(
         out.status.success(),
@@ -258,7 +258,7 @@ async fn s3_down_during_periodic_snapshots_keeps_the_node_serving() {
     let out = meshctl(
         &nats.url(),
         "s3down",
-        &["snapshots", "--node", "node-a", "--json"],
+        &["snapshots", "list", "--node", "node-a", "--json"],
     );
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(list.len() >= 2, "{list:?}");

@@ -149,6 +149,7 @@ impl Shared {
             return Location::Local;
         }
         let links = self.links.read().expect("link table lock");
+        let mut lost_from = None;
         if let Some(ownership) = &self.ownership {
             if let Some(owner) = ownership.cached_owner(id) {
                 if owner.node == self.config.name {
@@ -157,13 +158,30 @@ impl Shared {
                 if links.contains_key(&owner.node) && ownership.is_alive(&owner.node) {
                     return Location::Remote(owner.node);
                 }
+                lost_from = Some(owner.node);
             }
         }
         let key = id.to_string();
         let mut candidates: Vec<&str> = Vec::with_capacity(links.len() + 1);
         candidates.push(&self.config.name);
         candidates.extend(links.keys().map(String::as_str));
-        match topology::place(&key, &candidates) {
+        // An agent whose owner is gone moves as near to it as possible.
+        let members = self.members.read().expect("members lock");
+        let zone_of = |node: &&str| -> String {
+            if *node == self.config.name {
+                return self.config.zone.clone();
+            }
+            members
+                .get(node)
+                .map(|m| m.info.zone.clone())
+                .unwrap_or_default()
+        };
+        let origin = lost_from.and_then(|node| members.get(&node).map(|m| m.info.zone.clone()));
+        let chosen = match origin {
+            Some(origin) => topology::place_near(&key, &candidates, &origin, zone_of),
+            None => topology::place(&key, &candidates),
+        };
+        match chosen {
             Some(node) if *node != self.config.name => Location::Remote((*node).to_owned()),
             _ => Location::Local,
         }

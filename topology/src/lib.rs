@@ -11,5 +11,5 @@ pub mod placement;
 pub mod zone;
 
 pub use kind::{NodeKind, ParseKindError};
-pub use placement::{place, score, Candidate};
+pub use placement::{distance, place, place_near, score, Candidate, Distance};
 pub use zone::{region_of, validate_zone, ZoneError};

@@ -47,6 +47,55 @@ pub fn place<'a, C: Candidate>(key: &str, candidates: &'a [C]) -> Option<&'a C> 
     })
 }
 
+/// How far a zone is from another: the order failover tries them in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Distance {
+    /// The same zone.
+    SameZone,
+    /// Another zone of the same region.
+    SameRegion,
+    /// Another region.
+    Elsewhere,
+}
+
+/// How far `zone` is from `origin`.
+pub fn distance(origin: &str, zone: &str) -> Distance {
+    if origin == zone {
+        Distance::SameZone
+    } else if crate::zone::region_of(origin) == crate::zone::region_of(zone) {
+        Distance::SameRegion
+    } else {
+        Distance::Elsewhere
+    }
+}
+
+/// The candidate that takes over `key` from a node of zone `origin`: the
+/// nearest tier (same zone, same region, elsewhere) that has candidates,
+/// and within it the rendezvous winner. `zone_of` names each candidate's
+/// zone.
+pub fn place_near<'a, C: Candidate>(
+    key: &str,
+    candidates: &'a [C],
+    origin: &str,
+    zone_of: impl Fn(&C) -> String,
+) -> Option<&'a C> {
+    let nearest = candidates
+        .iter()
+        .map(|c| distance(origin, &zone_of(c)))
+        .min()?;
+    let tier: Vec<&C> = candidates
+        .iter()
+        .filter(|c| distance(origin, &zone_of(c)) == nearest)
+        .collect();
+    place(key, &tier).copied()
+}
+
+impl<C: Candidate> Candidate for &C {
+    fn name(&self) -> &str {
+        (*self).name()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +170,28 @@ mod tests {
         assert_eq!(place::<&str>("x", &[]), None);
         let pinned = score("node-0", "counter/0");
         assert_eq!(pinned, PINNED_SCORE, "placement hash changed: {pinned:#x}");
+    }
+
+    #[test]
+    fn failover_prefers_the_same_zone_then_the_same_region() {
+        let zones = [
+            ("par1-b", "fr-par-1"),
+            ("par2-a", "fr-par-2"),
+            ("ams1-a", "nl-ams-1"),
+        ];
+        let names: Vec<&str> = zones.iter().map(|(n, _)| *n).collect();
+        let zone_of = |n: &&str| zones.iter().find(|(m, _)| m == n).unwrap().1.to_owned();
+        for i in 0..200 {
+            let key = format!("counter/{i}");
+            let from_par1 = place_near(&key, &names, "fr-par-1", zone_of).unwrap();
+            assert_eq!(*from_par1, "par1-b", "same zone first");
+            let from_par3 = place_near(&key, &names, "fr-par-3", zone_of).unwrap();
+            assert!(["par1-b", "par2-a"].contains(from_par3), "same region next");
+            let from_waw = place_near(&key, &names, "pl-waw-1", zone_of).unwrap();
+            assert_eq!(from_waw, place(&key, &names).unwrap(), "anywhere last");
+        }
+        assert_eq!(distance("fr-par-1", "fr-par-2"), Distance::SameRegion);
+        assert!(place_near::<&str>("x", &[], "fr-par-1", |_| "fr-par-1".into()).is_none());
     }
 
     const PINNED_SCORE: u64 = 0x3c95_f00a_7f71_b56e;

@@ -53,11 +53,10 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
-    /// List the complete snapshots of a node.
+    /// Look at snapshots.
     Snapshots {
-        /// The node whose snapshots to list (default: the answering node).
-        #[arg(long)]
-        node: Option<String>,
+        #[command(subcommand)]
+        command: SnapshotsCommand,
     },
     /// Restore a node, or one agent, from a snapshot.
     Restore {
@@ -81,6 +80,16 @@ enum Command {
         /// The message, as JSON.
         message: String,
         /// Enter the mesh through this node instead of any.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotsCommand {
+    /// List the complete snapshots of a node, newest first.
+    List {
+        /// The node whose snapshots to list (default: the answering node).
         #[arg(long)]
         node: Option<String>,
     },
@@ -149,7 +158,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Members => ctl.members(cli.json).await,
         Command::Agents => ctl.agents(cli.json).await,
         Command::Snapshot { node } => ctl.snapshot(node).await,
-        Command::Snapshots { node } => ctl.snapshots(node, cli.json).await,
+        Command::Snapshots {
+            command: SnapshotsCommand::List { node },
+        } => ctl.snapshots(node, cli.json).await,
         Command::Restore {
             node,
             agent,
