@@ -17,14 +17,7 @@ use support::{error_code, meshctl, ok, wait_until, Client, MeshNode, Nats, NatsC
 const ZONES: [&str; 3] = ["fr-par-1", "fr-par-2", "nl-ams-1"];
 
 async fn mesh(nats: &Nats, cluster: &str, n: usize) -> (Vec<MeshNode>, Arc<Client>) {
-    let nodes: Vec<MeshNode> = (0..n)
-        .map(|i| {
-            let spec = NodeSpec::new(cluster, &format!("node-{i}"), ZONES[i % 3]);
-            MeshNode::start(nats, spec)
-        })
-        .collect();
-    let client = Client::connect(nats, cluster).await;
-    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+    let (nodes, client) = support::start_mesh(nats, cluster, n, &ZONES).await;
     (nodes, Arc::new(client))
 }
 

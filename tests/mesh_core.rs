@@ -16,15 +16,7 @@ const ZONES: [&str; 3] = ["fr-par-1", "nl-ams-1", "pl-waw-1"];
 /// Starts `n` nodes of cluster `cluster` in three zones and waits until
 /// they all see each other linked.
 async fn mesh(nats: &Nats, cluster: &str, n: usize) -> (Vec<MeshNode>, Client) {
-    let nodes: Vec<MeshNode> = (0..n)
-        .map(|i| {
-            let spec = NodeSpec::new(cluster, &format!("node-{i}"), ZONES[i % 3]);
-            MeshNode::start(nats, spec)
-        })
-        .collect();
-    let client = Client::connect(nats, cluster).await;
-    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
-    (nodes, client)
+    support::start_mesh(nats, cluster, n, &ZONES).await
 }
 
 /// The first agent name `kind/prefixN` that `asking` places on `target`.

@@ -573,6 +573,25 @@ impl Client {
     }
 }
 
+/// Starts `n` nodes of `cluster` named `node-0`.., node `i` in
+/// `zones[i % len]`, and waits until they all see each other linked.
+pub async fn start_mesh(
+    nats: &Nats,
+    cluster: &str,
+    n: usize,
+    zones: &[&str],
+) -> (Vec<MeshNode>, Client) {
+    let nodes: Vec<MeshNode> = (0..n)
+        .map(|i| {
+            let spec = NodeSpec::new(cluster, &format!("node-{i}"), zones[i % zones.len()]);
+            MeshNode::start(nats, spec)
+        })
+        .collect();
+    let client = Client::connect(nats, cluster).await;
+    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+    (nodes, client)
+}
+
 /// The reply value of a successful call, or a panic naming the error.
 pub fn ok(response: Response) -> serde_json::Value {
     match response {

@@ -6,14 +6,17 @@ use crate::agent::{Agent, AgentError, Context, Durability};
 
 /// A counter: `{"add": N}` and `{"get": {}}` both reply `{"value": TOTAL}`.
 ///
-/// Its total is kept on the node's disk (`local` durability).
+/// `REPLICATED` picks its durability: see [`Counter`] and
+/// [`ReplicatedCounter`].
 #[derive(Debug)]
-pub struct Counter;
+pub struct CounterKind<const REPLICATED: bool>;
+
+/// A counter whose total is kept on the node's disk (`local` durability).
+pub type Counter = CounterKind<false>;
 
 /// A counter whose every change is also acknowledged by the replicated log
 /// (`replicated` durability): it survives the loss of its host's disk.
-#[derive(Debug)]
-pub struct ReplicatedCounter;
+pub type ReplicatedCounter = CounterKind<true>;
 
 /// What a counter accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,18 +35,13 @@ pub struct CounterReply {
     pub value: i64,
 }
 
-fn apply(total: &mut i64, msg: CounterMessage) -> Result<CounterReply, AgentError> {
-    if let CounterMessage::Add(n) = msg {
-        *total = total
-            .checked_add(n)
-            .ok_or_else(|| AgentError::new(format!("adding {n} overflows the counter")))?;
-    }
-    Ok(CounterReply { value: *total })
-}
-
-impl Agent for Counter {
-    const KIND: &'static str = "counter";
-    const DURABILITY: Durability = Durability::Local;
+impl<const REPLICATED: bool> Agent for CounterKind<REPLICATED> {
+    const KIND: &'static str = if REPLICATED { "rcounter" } else { "counter" };
+    const DURABILITY: Durability = if REPLICATED {
+        Durability::Replicated
+    } else {
+        Durability::Local
+    };
     type State = i64;
     type Message = CounterMessage;
     type Reply = CounterReply;
@@ -57,26 +55,11 @@ impl Agent for Counter {
         _: &Context,
         msg: CounterMessage,
     ) -> Result<CounterReply, AgentError> {
-        apply(total, msg)
-    }
-}
-
-impl Agent for ReplicatedCounter {
-    const KIND: &'static str = "rcounter";
-    const DURABILITY: Durability = Durability::Replicated;
-    type State = i64;
-    type Message = CounterMessage;
-    type Reply = CounterReply;
-
-    fn is_idempotent(msg: &CounterMessage) -> bool {
-        matches!(msg, CounterMessage::Get {})
-    }
-
-    async fn handle(
-        total: &mut i64,
-        _: &Context,
-        msg: CounterMessage,
-    ) -> Result<CounterReply, AgentError> {
-        apply(total, msg)
+        if let CounterMessage::Add(n) = msg {
+            *total = total
+                .checked_add(n)
+                .ok_or_else(|| AgentError::new(format!("adding {n} overflows the counter")))?;
+        }
+        Ok(CounterReply { value: *total })
     }
 }

@@ -345,15 +345,7 @@ impl Shared {
         self.registry.kind_of(&to)?;
         match self.locate(&to) {
             Location::Local => {
-                let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
-                let timeout = self.config.call_timeout;
-                self.deliver(Delivery {
-                    to,
-                    payload,
-                    reply,
-                    hops: 0,
-                    timeout,
-                });
+                self.cast_here(to, payload);
                 Ok(())
             }
             Location::Remote(node) => {
@@ -362,6 +354,18 @@ impl Shared {
                     .map_err(|reason| CallError::Unavailable { agent, reason })
             }
         }
+    }
+
+    /// Delivers a cast to an agent of this node.
+    fn cast_here(&self, to: AgentId, payload: Vec<u8>) {
+        let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
+        self.deliver(Delivery {
+            to,
+            payload,
+            reply,
+            hops: 0,
+            timeout: self.config.call_timeout,
+        });
     }
 
     /// The node's supervisor.
@@ -437,17 +441,7 @@ impl Shared {
                     timeout: Duration::from_millis(timeout_ms),
                 });
             }
-            Frame::Cast { to, payload } => {
-                let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
-                let timeout = self.config.call_timeout;
-                self.deliver(Delivery {
-                    to,
-                    payload,
-                    reply,
-                    hops: 0,
-                    timeout,
-                });
-            }
+            Frame::Cast { to, payload } => self.cast_here(to, payload),
             Frame::Reply { id, result } => {
                 let pending = self.pending.lock().expect("pending lock").remove(&id);
                 match pending {
