@@ -563,7 +563,7 @@ async fn snapshot_figures(
     }
 
     // Leave nothing behind (a shared bucket outlives the run).
-    snapshots.prune(NODE, 0, "").await?;
+    snapshots.prune(NODE, 0, None, "").await?;
     Ok(figures)
 }
 
@@ -595,7 +595,7 @@ async fn snapshot_round(
 
     // Keeping one snapshot holds storage flat, and the catalog then reads
     // one index, as on a node.
-    snapshots.prune(NODE, 1, &manifest.id).await?;
+    snapshots.prune(NODE, 1, None, &manifest.id).await?;
 
     let started = Instant::now();
     let records = snapshots.records(&manifest).await?;
