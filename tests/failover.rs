@@ -369,3 +369,103 @@ async fn restarting_the_whole_nats_cluster_moves_no_agent() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_node_stopped_under_load_hands_its_agents_over_without_losing_writes() {
+    let nats = Nats::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let snapshots = format!("file://{}", root.path().join("snapshots").display());
+    let mut nodes: Vec<MeshNode> = (0..3)
+        .map(|i| {
+            let mut spec = NodeSpec::new("term", &format!("node-{i}"), ZONES[i]);
+            spec.extra = vec!["--snapshots".into(), snapshots.clone()];
+            MeshNode::start(&nats, spec)
+        })
+        .collect();
+    let client = Arc::new(Client::connect(&nats, "term").await);
+    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+
+    // Local and replicated counters, some on the node that will stop.
+    let agents: Vec<String> = (0..4)
+        .flat_map(|i| [format!("counter/t{i}"), format!("rcounter/t{i}")])
+        .collect();
+    let leaving = nodes[1].name().to_owned();
+    let mut hosted = 0;
+    for agent in &agents {
+        ok(client.call(None, agent, json!({"add": 0})).await);
+        hosted += usize::from(client.locate("node-0", agent).await == leaving);
+    }
+    assert!(hosted > 0, "no agent on {leaving}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(
+        agents
+            .iter()
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect(),
+    );
+    let writers: Vec<_> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, agent)| {
+            let (client, stop, counts) = (client.clone(), stop.clone(), counts.clone());
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let add = json!({"add": 1});
+                    match client
+                        .call_with_timeout(None, &agent, add, Some(1500))
+                        .await
+                    {
+                        Response::Ok(_) => counts[i].0.fetch_add(1, Ordering::SeqCst),
+                        Response::Error(e) if e.code == "unavailable" => 0,
+                        Response::Error(_) => counts[i].1.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            })
+        })
+        .collect();
+    wait_until("writes before the stop", Duration::from_secs(20), || {
+        let done: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
+        async move { (done >= 80).then_some(()) }
+    })
+    .await;
+
+    let stopping = Instant::now();
+    nodes[1].signal(libc::SIGTERM);
+    let status = nodes[1].exited(Duration::from_secs(10)).await;
+    let took = stopping.elapsed();
+    assert!(status.success(), "exited with {status}");
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    let before: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
+    wait_until("writes after the stop", Duration::from_secs(20), || {
+        let done: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
+        async move { (done >= before + 80).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    for (i, agent) in agents.iter().enumerate() {
+        let reply = ok(client.call(Some("node-0"), agent, json!({"get": {}})).await);
+        let value = reply["value"].as_u64().unwrap();
+        let (acked, unsure) = (
+            counts[i].0.load(Ordering::SeqCst),
+            counts[i].1.load(Ordering::SeqCst),
+        );
+        assert!(value >= acked, "{agent}: {value} < {acked} acknowledged");
+        assert!(
+            value <= acked + unsure,
+            "{agent}: {value} > {acked} + {unsure} uncertain"
+        );
+        assert_ne!(client.locate("node-0", agent).await, leaving);
+    }
+    let log = nodes[1].log_text();
+    assert!(
+        log.contains("snapshot written") && log.contains("node stopped"),
+        "{log}"
+    );
+    nodes.remove(1);
+}

@@ -749,11 +749,13 @@ impl Node {
     }
 
     /// Leaves the cluster, in an order that loses nothing acknowledged:
-    /// 1. say goodbye, so peers stop routing here;
+    /// 1. say goodbye, so peers stop routing here, and refuse activations;
     /// 2. stop every agent after the messages already queued for it;
-    /// 3. release their ownership and this node's lease, so peers take
+    /// 3. take a final snapshot, while the lease still keeps the agents
+    ///    here, so whoever takes them over finds their last state;
+    /// 4. release their ownership and this node's lease, so peers take
     ///    them over at once instead of after the lease;
-    /// 4. take a final snapshot, then close links and NATS.
+    /// 5. close links and NATS.
     pub async fn shutdown(self) {
         info!(node = %self.shared.config.name, "node stopping");
         self.gateway.abort();
@@ -765,8 +767,10 @@ impl Node {
                 let _ = actor.drain_and_wait(Some(SHUTDOWN_DRAIN)).await;
             }
         }
-        for task in &self.background {
-            task.abort();
+        if !self.shared.store.is_empty() {
+            if let Err(e) = self.shared.take_snapshot().await {
+                warn!(error = %e, "final snapshot failed");
+            }
         }
         if let Some(ownership) = &self.shared.ownership {
             for id in &agents {
@@ -774,12 +778,10 @@ impl Node {
             }
             ownership.leave().await;
         }
-        self.supervisor.stop(None);
-        if !self.shared.store.is_empty() {
-            if let Err(e) = self.shared.take_snapshot().await {
-                warn!(error = %e, "final snapshot failed");
-            }
+        for task in &self.background {
+            task.abort();
         }
+        self.supervisor.stop(None);
         let _ = self.shared.link_events.send(LinkEvent::Shutdown);
         self.endpoint.stop(None);
         self.server.stop(None);

@@ -76,6 +76,18 @@ struct PeerLease {
     changed: Instant,
 }
 
+/// A successful claim of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The activation's epoch (the owner entry's revision).
+    pub epoch: u64,
+    /// The lease generation it holds under.
+    pub generation: u64,
+    /// Whether another owner had it before (taken over, or released), so
+    /// its newest state may be in a snapshot written moments ago.
+    pub inherited: bool,
+}
+
 /// Why an activation may not go ahead here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -308,20 +320,26 @@ impl Ownership {
 
     /// Claims `id` for this node and returns the epoch and the lease
     /// generation it holds under, or says who owns it.
-    pub async fn acquire(&self, id: &AgentId) -> Result<(u64, u64), Refusal> {
+    pub async fn acquire(&self, id: &AgentId) -> Result<Claim, Refusal> {
         let generation = self.generation();
         if !self.serves(generation) {
             return Err(Refusal::Unavailable("this node's lease has lapsed".into()));
         }
-        let epoch = self.claim(id).await?;
+        let (epoch, inherited) = self.claim(id).await?;
         // The claim may have raced with a lapse of our own lease.
         if !self.serves(generation) {
             return Err(Refusal::Unavailable("this node's lease has lapsed".into()));
         }
-        Ok((epoch, generation))
+        Ok(Claim {
+            epoch,
+            generation,
+            inherited,
+        })
     }
 
-    async fn claim(&self, id: &AgentId) -> Result<u64, Refusal> {
+    /// Returns the epoch, and whether another node (or incarnation) owned
+    /// the agent before, released or not.
+    async fn claim(&self, id: &AgentId) -> Result<(u64, bool), Refusal> {
         let key = agent_key(id);
         let mine = serde_json::to_vec(&Owner {
             node: self.me.clone(),
@@ -337,10 +355,12 @@ impl Ownership {
                 .entry(key.clone())
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
+            // A delete marker is an owner that released the agent.
+            let released = entry.is_some();
             let current = entry.filter(|e| e.operation == kv::Operation::Put);
             let Some(entry) = current else {
                 match self.bucket.create(&key, mine.clone().into()).await {
-                    Ok(epoch) => return Ok(epoch),
+                    Ok(epoch) => return Ok((epoch, released)),
                     Err(e) => {
                         debug!(agent = %id, error = %e, "lost the race to create an owner entry");
                         continue;
@@ -359,7 +379,7 @@ impl Ownership {
                     .update(&key, mine.clone().into(), entry.revision)
                     .await
                 {
-                    Ok(epoch) => return Ok(epoch),
+                    Ok(epoch) => return Ok((epoch, false)),
                     Err(e) => {
                         debug!(agent = %id, error = %e, "ownership read was stale");
                         continue;
@@ -389,7 +409,7 @@ impl Ownership {
                         elapsed_ms = silent_ms.unwrap_or(0),
                         "agent taken over"
                     );
-                    return Ok(epoch);
+                    return Ok((epoch, true));
                 }
                 Err(e) => debug!(agent = %id, error = %e, "lost the race to take over"),
             }

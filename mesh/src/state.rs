@@ -25,7 +25,7 @@ use crate::node::Shared;
 use crate::snapshot::{Catalog, SnapshotError};
 use crate::storage::Record;
 
-/// How stale the snapshot catalog may be when looking up an agent.
+/// How stale the snapshot catalog may be when looking up a new agent.
 const CATALOG_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// The name of a cluster's replicated-state bucket.
@@ -119,10 +119,15 @@ fn unavailable(id: &AgentId, reason: impl std::fmt::Display) -> CallError {
 }
 
 /// Finds the newest stored state of `id`.
+///
+/// `inherited` says another owner had the agent until now: the snapshot
+/// catalog is then read afresh, since that owner may have written its final
+/// snapshot a moment ago.
 pub(crate) async fn load(
     shared: &Shared,
     id: &AgentId,
     durability: Durability,
+    inherited: bool,
 ) -> Result<Loaded, CallError> {
     if durability == Durability::Memory {
         return Ok(Loaded::default());
@@ -155,7 +160,7 @@ pub(crate) async fn load(
     }
 
     if best.record.is_none() {
-        if let Some(record) = from_snapshots(shared, id).await {
+        if let Some(record) = from_snapshots(shared, id, inherited).await {
             best.record = Some(record);
             best.source = "snapshot";
         }
@@ -164,9 +169,9 @@ pub(crate) async fn load(
 }
 
 /// The newest snapshot record of `id`, from any node's snapshots.
-async fn from_snapshots(shared: &Shared, id: &AgentId) -> Option<Record> {
+async fn from_snapshots(shared: &Shared, id: &AgentId, fresh: bool) -> Option<Record> {
     let mut catalog = shared.catalog.lock().await;
-    let stale = catalog.loaded.is_none_or(|t| t.elapsed() > CATALOG_MAX_AGE);
+    let stale = fresh || catalog.loaded.is_none_or(|t| t.elapsed() > CATALOG_MAX_AGE);
     if stale {
         match Catalog::load(&shared.snapshots).await {
             Ok(fresh) => *catalog = fresh,

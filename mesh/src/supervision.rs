@@ -163,12 +163,18 @@ async fn activate(shared: &Shared, id: &AgentId, kind: &Arc<dyn Kind>) -> Result
         None => None,
     };
     let durability = kind.durability();
-    let loaded = state::load(shared, id, durability).await.map_err(refuse)?;
+    let inherited = claimed.is_some_and(|c| c.inherited);
+    let loaded = state::load(shared, id, durability, inherited)
+        .await
+        .map_err(refuse)?;
     let record = loaded.record.as_ref();
     let instance = kind
         .instantiate(record.map(|r| (r.state_version, r.state.as_slice())))
         .map_err(refuse)?;
-    let (epoch, generation) = claimed.unwrap_or_else(|| (record.map_or(0, |r| r.epoch) + 1, 0));
+    let (epoch, generation) = match claimed {
+        Some(claim) => (claim.epoch, claim.generation),
+        None => (record.map_or(0, |r| r.epoch) + 1, 0),
+    };
     // Within one epoch, sequence numbers go on from the stored record.
     let seq = record.filter(|r| r.epoch == epoch).map_or(0, |r| r.seq);
     shared.stats.activations.inc();
