@@ -119,8 +119,10 @@ fn try_main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The workspace's folder, which holds `bench/results/`.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
 }
 
 /// What this run does, from the environment.

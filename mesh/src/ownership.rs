@@ -302,12 +302,11 @@ impl Ownership {
             }
             return Ok(self.expired(&peer));
         }
-        let entry = self
-            .bucket
-            .entry(format!("node.{}", owner.node))
+        let key = format!("node.{}", owner.node);
+        let entry = crate::state::leader_entry(&self.bucket, &key)
             .await
             .map_err(|e| Refusal::Unavailable(format!("ownership bucket: {e}")))?;
-        match entry.filter(|e| e.operation == kv::Operation::Put) {
+        match entry.filter(|e| !e.deleted) {
             None => Ok(true),
             Some(e) => {
                 let lease: Lease = serde_json::from_slice(&e.value)
@@ -350,14 +349,12 @@ impl Ownership {
         // A lost compare-and-set means someone else wrote meanwhile: read
         // again and decide again, a few times at most.
         for _ in 0..4 {
-            let entry = self
-                .bucket
-                .entry(key.clone())
+            let entry = crate::state::leader_entry(&self.bucket, &key)
                 .await
-                .map_err(|e| unavailable(e.to_string()))?;
+                .map_err(unavailable)?;
             // A delete marker is an owner that released the agent.
             let released = entry.is_some();
-            let current = entry.filter(|e| e.operation == kv::Operation::Put);
+            let current = entry.filter(|e| !e.deleted);
             let Some(entry) = current else {
                 match self.bucket.create(&key, mine.clone().into()).await {
                     Ok(epoch) => return Ok((epoch, released)),

@@ -101,6 +101,44 @@ pub(crate) async fn open_bucket(
     open_kv(nats, &bucket_name(cluster), replicas).await
 }
 
+/// A bucket entry as the stream's leader has it.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaderEntry {
+    pub(crate) value: bytes::Bytes,
+    pub(crate) revision: u64,
+    /// A delete marker (the key was released or deleted).
+    pub(crate) deleted: bool,
+}
+
+/// Reads `key` from the stream's leader, never from a replica.
+///
+/// Plain KV reads may be served by any replica, and one that lags (a zone
+/// just back from a partition) answers with old data: a decision to run an
+/// agent, or the state it starts from, must not rest on that.
+pub(crate) async fn leader_entry(
+    bucket: &kv::Store,
+    key: &str,
+) -> Result<Option<LeaderEntry>, String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", bucket.prefix);
+    match bucket
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(message) => {
+            let operation = message.headers.get("KV-Operation").map(|v| v.as_str());
+            Ok(Some(LeaderEntry {
+                value: message.payload,
+                revision: message.sequence,
+                deleted: matches!(operation, Some("DEL") | Some("PURGE")),
+            }))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// What an activation starts from.
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
@@ -143,11 +181,10 @@ pub(crate) async fn load(
             .bucket
             .as_ref()
             .ok_or_else(|| unavailable(id, "the replicated-state bucket is not available"))?;
-        let entry = bucket
-            .entry(bucket_key(id))
+        let entry = leader_entry(bucket, &bucket_key(id))
             .await
             .map_err(|e| unavailable(id, format!("replicated state: {e}")))?;
-        if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+        if let Some(entry) = entry.filter(|e| !e.deleted) {
             // The bucket is the truth for replicated kinds: a local record
             // can only be ahead of it when a save failed half-way (the
             // local write landed, the compare-and-set did not), and such a
