@@ -21,6 +21,89 @@ async fn mesh(nats: &Nats, cluster: &str, n: usize) -> (Vec<MeshNode>, Arc<Clien
     (nodes, Arc::new(client))
 }
 
+/// A writer per counter, adding one at a time until stopped, and keeping
+/// count: acknowledged increments happened; timeouts and lost nodes may or
+/// may not have; refusals (`unavailable`) did not.
+struct Writers {
+    agents: Vec<String>,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Vec<(AtomicU64, AtomicU64)>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(client: &Arc<Client>, agents: &[String]) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(
+            agents
+                .iter()
+                .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+                .collect(),
+        );
+        let tasks = agents
+            .iter()
+            .enumerate()
+            .map(|(i, agent)| {
+                let (client, stop, counts) = (client.clone(), stop.clone(), counts.clone());
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let add = json!({"add": 1});
+                        match client
+                            .call_with_timeout(None, &agent, add, Some(1500))
+                            .await
+                        {
+                            Response::Ok(_) => counts[i].0.fetch_add(1, Ordering::SeqCst),
+                            Response::Error(e) if e.code == "unavailable" => 0,
+                            Response::Error(_) => counts[i].1.fetch_add(1, Ordering::SeqCst),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            agents: agents.to_vec(),
+            stop,
+            counts,
+            tasks,
+        }
+    }
+
+    fn acknowledged(&self) -> u64 {
+        self.counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum()
+    }
+
+    /// Waits for `n` more acknowledged increments.
+    async fn more(&self, what: &str, n: u64) {
+        let target = self.acknowledged() + n;
+        wait_until(what, Duration::from_secs(20), || {
+            let done = self.acknowledged();
+            async move { (done >= target).then_some(()) }
+        })
+        .await;
+    }
+
+    /// Stops writing, then checks every counter holds every acknowledged
+    /// increment and nothing beyond those that may have happened.
+    async fn stop_and_check(self, client: &Client) {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        for (i, agent) in self.agents.iter().enumerate() {
+            let reply = ok(client.call(Some("node-0"), agent, json!({"get": {}})).await);
+            let value = reply["value"].as_u64().unwrap();
+            let acked = self.counts[i].0.load(Ordering::SeqCst);
+            let unsure = self.counts[i].1.load(Ordering::SeqCst);
+            assert!(value >= acked, "{agent}: {value} < {acked} acknowledged");
+            assert!(
+                value <= acked + unsure,
+                "{agent}: {value} > {acked} + {unsure} uncertain"
+            );
+        }
+    }
+}
+
 /// Every "agent activated" line of `logs`: agent -> [(epoch, node)].
 fn activations(nodes: &[&MeshNode]) -> BTreeMap<String, Vec<(u64, String)>> {
     let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
@@ -123,38 +206,8 @@ async fn killed_node_agents_come_back_elsewhere_once_with_every_acknowledged_wri
     }
     assert!(on_victim > 0, "no counter on the victim; pick other names");
 
-    // A writer per counter: acknowledged increments happened; timeouts and
-    // lost nodes may or may not have; refusals did not.
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(
-        (0..6)
-            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
-            .collect(),
-    );
-    let writers: Vec<_> = (0..6)
-        .map(|i| {
-            let (client, stop, counts) = (client.clone(), stop.clone(), counts.clone());
-            let agent = agents[i].clone();
-            tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
-                    let add = json!({"add": 1});
-                    match client
-                        .call_with_timeout(None, &agent, add, Some(1500))
-                        .await
-                    {
-                        Response::Ok(_) => counts[i].0.fetch_add(1, Ordering::SeqCst),
-                        Response::Error(e) if e.code == "unavailable" => 0,
-                        Response::Error(_) => counts[i].1.fetch_add(1, Ordering::SeqCst),
-                    };
-                }
-            })
-        })
-        .collect();
-    wait_until("writes before the kill", Duration::from_secs(20), || {
-        let done: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
-        async move { (done >= 60).then_some(()) }
-    })
-    .await;
+    let writers = Writers::start(&client, &agents);
+    writers.more("writes before the kill", 60).await;
 
     nodes[1].signal(libc::SIGKILL);
     let killed = Instant::now();
@@ -166,30 +219,9 @@ async fn killed_node_agents_come_back_elsewhere_once_with_every_acknowledged_wri
             .await;
     }
     let failover = killed.elapsed();
-    // Writes go on for a while after the failover.
-    let resumed: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
-    wait_until("writes after the failover", Duration::from_secs(20), || {
-        let done: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
-        async move { (done >= resumed + 60).then_some(()) }
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    for writer in writers {
-        writer.await.unwrap();
-    }
-
-    for (i, agent) in agents.iter().enumerate() {
-        let reply = ok(client.call(Some("node-0"), agent, json!({"get": {}})).await);
-        let value = reply["value"].as_u64().unwrap();
-        let (acked, unsure) = (
-            counts[i].0.load(Ordering::SeqCst),
-            counts[i].1.load(Ordering::SeqCst),
-        );
-        assert!(value >= acked, "{agent}: {value} < {acked} acknowledged");
-        assert!(
-            value <= acked + unsure,
-            "{agent}: {value} > {acked} + {unsure} uncertain"
-        );
+    writers.more("writes after the failover", 60).await;
+    writers.stop_and_check(&client).await;
+    for agent in &agents {
         assert_ne!(client.locate("node-0", agent).await, victim);
     }
     // The victim (fr-par-2) hands over to its own region (node-0 in
@@ -397,39 +429,8 @@ async fn a_node_stopped_under_load_hands_its_agents_over_without_losing_writes()
     }
     assert!(hosted > 0, "no agent on {leaving}");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(
-        agents
-            .iter()
-            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
-            .collect(),
-    );
-    let writers: Vec<_> = agents
-        .iter()
-        .enumerate()
-        .map(|(i, agent)| {
-            let (client, stop, counts) = (client.clone(), stop.clone(), counts.clone());
-            let agent = agent.clone();
-            tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
-                    let add = json!({"add": 1});
-                    match client
-                        .call_with_timeout(None, &agent, add, Some(1500))
-                        .await
-                    {
-                        Response::Ok(_) => counts[i].0.fetch_add(1, Ordering::SeqCst),
-                        Response::Error(e) if e.code == "unavailable" => 0,
-                        Response::Error(_) => counts[i].1.fetch_add(1, Ordering::SeqCst),
-                    };
-                }
-            })
-        })
-        .collect();
-    wait_until("writes before the stop", Duration::from_secs(20), || {
-        let done: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
-        async move { (done >= 80).then_some(()) }
-    })
-    .await;
+    let writers = Writers::start(&client, &agents);
+    writers.more("writes before the stop", 80).await;
 
     let stopping = Instant::now();
     nodes[1].signal(libc::SIGTERM);
@@ -437,29 +438,9 @@ async fn a_node_stopped_under_load_hands_its_agents_over_without_losing_writes()
     let took = stopping.elapsed();
     assert!(status.success(), "exited with {status}");
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
-    let before: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
-    wait_until("writes after the stop", Duration::from_secs(20), || {
-        let done: u64 = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
-        async move { (done >= before + 80).then_some(()) }
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    for writer in writers {
-        writer.await.unwrap();
-    }
-
-    for (i, agent) in agents.iter().enumerate() {
-        let reply = ok(client.call(Some("node-0"), agent, json!({"get": {}})).await);
-        let value = reply["value"].as_u64().unwrap();
-        let (acked, unsure) = (
-            counts[i].0.load(Ordering::SeqCst),
-            counts[i].1.load(Ordering::SeqCst),
-        );
-        assert!(value >= acked, "{agent}: {value} < {acked} acknowledged");
-        assert!(
-            value <= acked + unsure,
-            "{agent}: {value} > {acked} + {unsure} uncertain"
-        );
+    writers.more("writes after the stop", 80).await;
+    writers.stop_and_check(&client).await;
+    for agent in &agents {
         assert_ne!(client.locate("node-0", agent).await, leaving);
     }
     let log = nodes[1].log_text();

@@ -781,7 +781,8 @@ pub async fn nats_cluster_with(
              http: \"{addr}:{NATS_MONITOR_PORT}\"\n\
              ping_interval: \"1s\"\n\
              ping_max: 3\n\
-             jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n",
+             jetstream {{\n  store_dir: \"{store}\"\n\
+             \x20 max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n",
             addr = host.addr,
             store = store.display(),
         );
@@ -792,7 +793,8 @@ pub async fn nats_cluster_with(
                 .map(|other| format!("\"nats-route://{}:{NATS_CLUSTER_PORT}\"", other.addr))
                 .collect();
             conf.push_str(&format!(
-                "cluster {{\n  name: \"lab-{id}\"\n  listen: \"{addr}:{NATS_CLUSTER_PORT}\"\n  routes: [{routes}]\n}}\n",
+                "cluster {{\n  name: \"lab-{id}\"\n\
+                 \x20 listen: \"{addr}:{NATS_CLUSTER_PORT}\"\n  routes: [{routes}]\n}}\n",
                 id = lab.id,
                 addr = host.addr,
                 routes = routes.join(", "),

@@ -118,7 +118,11 @@ impl Discovery {
             Err(e) => return warn!(error = %e, "ignored a malformed announcement"),
         };
         if info.v != ANNOUNCEMENT_VERSION {
-            return debug!(peer = %info.name, v = info.v, "ignored an announcement of another version");
+            return debug!(
+                peer = %info.name,
+                v = info.v,
+                "ignored an announcement of another version",
+            );
         }
         let changes = self
             .shared

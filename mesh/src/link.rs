@@ -429,7 +429,11 @@ impl Manager {
             .map(|(peer, _)| peer.clone())
             .collect();
         for peer in silent {
-            warn!(peer = %peer, timeout_ms = timeout.as_millis() as u64, "link silent: no answer to pings; cutting it");
+            warn!(
+                peer = %peer,
+                timeout_ms = timeout.as_millis() as u64,
+                "link silent: no answer to pings; cutting it",
+            );
             self.drop_link(&peer, "no answer to pings");
             self.close_sessions(&peer);
         }
@@ -510,7 +514,13 @@ impl Manager {
                 debug!(peer = %peer, address = %address, attempt, "dialing");
                 if let Err(e) = ractor_cluster::client_connect(&server, address.as_str()).await {
                     if attempt <= 3 || attempt % 20 == 0 {
-                        warn!(peer = %peer, address = %address, attempt, error = %e, "cannot dial peer");
+                        warn!(
+                            peer = %peer,
+                            address = %address,
+                            attempt,
+                            error = %e,
+                            "cannot dial peer",
+                        );
                     }
                 }
             });

@@ -562,7 +562,11 @@ impl Shared {
             .await
         {
             Ok(report) => {
-                info!(agents = report.agents, snapshot = %report.snapshot, "empty store restored from snapshot")
+                info!(
+                    agents = report.agents,
+                    snapshot = %report.snapshot,
+                    "empty store restored from snapshot",
+                )
             }
             Err(SnapshotError::None(_)) => {}
             Err(e) => warn!(error = %e, "empty store, and no snapshot could be restored"),
@@ -614,7 +618,11 @@ async fn periodic_snapshots(shared: Arc<Shared>) {
             continue;
         }
         if let Err(e) = shared.take_snapshot().await {
-            warn!(error = %e, target = %shared.snapshots.target, "periodic snapshot failed; the node keeps serving");
+            warn!(
+                error = %e,
+                target = %shared.snapshots.target,
+                "periodic snapshot failed; the node keeps serving",
+            );
         }
     }
 }

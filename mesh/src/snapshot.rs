@@ -618,7 +618,12 @@ impl Snapshots {
             match self.records_with_progress(&m, progress).await {
                 Ok(records) => return Ok((m, records, skipped)),
                 Err(e) => {
-                    warn!(node = %node, snapshot = %m.id, error = %e, "snapshot unreadable; trying the previous one");
+                    warn!(
+                        node = %node,
+                        snapshot = %m.id,
+                        error = %e,
+                        "snapshot unreadable; trying the previous one",
+                    );
                     skipped.push(format!("{}: {e}", m.id));
                 }
             }
@@ -692,7 +697,12 @@ impl Catalog {
                 let index = match snapshots.index(&m).await {
                     Ok(index) => index,
                     Err(e) => {
-                        warn!(node = %node, snapshot = %m.id, error = %e, "skipping an unreadable index");
+                        warn!(
+                            node = %node,
+                            snapshot = %m.id,
+                            error = %e,
+                            "skipping an unreadable index",
+                        );
                         continue;
                     }
                 };

@@ -220,7 +220,12 @@ async fn from_snapshots(shared: &Shared, id: &AgentId, fresh: bool) -> Option<Re
     match shared.snapshots.record(&manifest, &entry).await {
         Ok(record) => Some(record),
         Err(e) => {
-            warn!(agent = %id, snapshot = %manifest.id, error = %e, "snapshot entry unreadable; trying older snapshots");
+            warn!(
+                agent = %id,
+                snapshot = %manifest.id,
+                error = %e,
+                "snapshot entry unreadable; trying older snapshots",
+            );
             older_snapshot_record(shared, &manifest.node, &manifest.id, id).await
         }
     }
@@ -294,7 +299,12 @@ pub(crate) async fn save(
             Ok(())
         }
         Err(e) => {
-            info!(agent = %id, error = %e, elapsed_ms = started.elapsed().as_millis() as u64, "replicated save refused; agent fenced");
+            info!(
+                agent = %id,
+                error = %e,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "replicated save refused; agent fenced",
+            );
             Err(unavailable(id, format!("replicated state not saved: {e}")))
         }
     }

@@ -123,7 +123,10 @@ pub enum WireError {
     #[error("frame of {0} bytes has no version")]
     Short(usize),
     /// A version this build does not speak.
-    #[error("frame version {0} is not supported (this node speaks {MIN_WIRE_VERSION}..={MAX_WIRE_VERSION})")]
+    #[error(
+        "frame version {0} is not supported \
+         (this node speaks {MIN_WIRE_VERSION}..={MAX_WIRE_VERSION})"
+    )]
     Version(u16),
     /// The body is not a valid frame.
     #[error("bad frame: {0}")]

@@ -16,7 +16,12 @@ use mesh::subjects;
 #[command(version, about)]
 struct Cli {
     /// NATS server URLs (comma separated).
-    #[arg(long, env = "MESH_NATS", value_delimiter = ',', default_value = mesh::config::DEFAULT_NATS)]
+    #[arg(
+        long,
+        env = "MESH_NATS",
+        value_delimiter = ',',
+        default_value = mesh::config::DEFAULT_NATS
+    )]
     nats: Vec<String>,
     /// The cluster to talk to.
     #[arg(long, env = "MESH_CLUSTER", default_value = mesh::config::DEFAULT_CLUSTER)]
