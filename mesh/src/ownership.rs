@@ -39,6 +39,10 @@ use tracing::{debug, info, warn};
 
 use crate::state::bucket_key;
 
+/// The safety margin, as a share of the lease: an owner fences itself this
+/// much before the lease ends, and peers wait this much after it, so two
+/// margins separate the two even when a renewal is seen late.
+const LEASE_MARGIN: f64 = 0.10;
 /// How many times the first lease write is tried.
 const FIRST_LEASE_ATTEMPTS: u32 = 40;
 /// The pause between two first-lease attempts.
@@ -201,8 +205,8 @@ impl Ownership {
             me: me.to_owned(),
             incarnation,
             lease,
-            margin: lease.mul_f64(0.15),
-            clock: LeaseClock::new(lease, lease.mul_f64(0.15)),
+            margin: lease.mul_f64(LEASE_MARGIN),
+            clock: LeaseClock::new(lease, lease.mul_f64(LEASE_MARGIN)),
             peers: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             watching_since: Mutex::new(None),
