@@ -294,7 +294,8 @@ start_node() {
 	launch "$log" "$mesh_node" \
 		--cluster "$cluster" --name "$name" --zone "$zone" --kind "$kind" \
 		--nats "$nats_url" --listen "127.0.0.1:$port" \
-		--data-dir "$state/$name" --secret-file "$state/secret"
+		--data-dir "$state/$name" --secret-file "$state/secret" \
+		--snapshots "file://$state/snapshots"
 	printf '%s\n' "$launched_pid" >"$state/$name.pid"
 	say "mesh-node     $name started, pid $launched_pid, zone $zone, $kind, link 127.0.0.1:$port (log: $(shown "$log"))"
 }

@@ -214,4 +214,70 @@ async fn a_wiped_node_restores_from_its_snapshot_and_others_restore_single_agent
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("restored 1 agents on node-b"));
     assert_eq!(value(&client, "node-b", "counter/s3").await, 4);
+
+    // Restores in a row (the whole node, then one agent) leave the agent
+    // writable: a restore never fences the agent's next activation.
+    for args in [
+        &["restore", "--node", "node-b", "--from", "node-a"][..],
+        &["restore", "--agent", "counter/s3", "--from", "node-a"][..],
+    ] {
+        let out = meshctl(&nats.url(), "snap", args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let reply = ok(client
+        .call(Some("node-b"), "counter/s3", json!({"add": 1}))
+        .await);
+    assert_eq!(reply, json!({"value": 5}));
+}
+
+#[tokio::test]
+async fn an_agent_failing_back_prefers_a_newer_snapshot_to_its_old_copy_on_disk() {
+    let nats = Nats::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let spec_a = durable_spec("back", "node-a", "fr-par-1", root.path());
+    let spec_b = durable_spec("back", "node-b", "fr-par-1", root.path());
+    let a = MeshNode::start(&nats, spec_a.clone());
+    let client = Client::connect(&nats, "back").await;
+    client.converged(&[&a]).await;
+    for _ in 0..3 {
+        ok(client
+            .call(Some("node-a"), "counter/fb", json!({"add": 1}))
+            .await);
+    }
+
+    // node-a dies with 3 on its disk and no snapshot; node-b starts the
+    // counter afresh, takes it to 5 and snapshots it.
+    let b = MeshNode::start(&nats, spec_b);
+    client.converged(&[&a, &b]).await;
+    a.signal(libc::SIGKILL);
+    drop(a);
+    for _ in 0..5 {
+        let add = json!({"add": 1});
+        client
+            .call_until_ok(Some("node-b"), "counter/fb", add, FAILOVER)
+            .await;
+    }
+    assert_eq!(
+        value(&client, "node-b", "counter/fb").await,
+        5,
+        "no snapshot of node-a yet"
+    );
+    let out = meshctl(&nats.url(), "back", &["snapshot", "--node", "node-b"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // node-a returns, node-b dies: the counter fails back to node-a, whose
+    // disk holds the older 3; node-b's snapshot holds the newer 5.
+    let a = MeshNode::start(&nats, spec_a);
+    client.converged(&[&a, &b]).await;
+    b.signal(libc::SIGKILL);
+    drop(b);
+    assert_eq!(value(&client, "node-a", "counter/fb").await, 5);
 }

@@ -365,6 +365,26 @@ async fn meshctl_reports_each_failure_with_its_exit_status() {
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
     }
 
+    for (args, text) in [
+        (
+            &["--cluster", "bad cluster", "members"][..],
+            "invalid cluster",
+        ),
+        (
+            &["--timeout", "0s", "members"][..],
+            "--timeout must be at least 1ms",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .args(["--nats", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(text), "{args:?}: {stderr}");
+    }
+
     let dead = format!("nats://127.0.0.1:{}", support::free_port());
     let out = meshctl(&dead, "ctl", &["members"]);
     assert_eq!(out.status.code(), Some(3));
@@ -506,5 +526,26 @@ async fn a_nats_restart_moves_no_agent_and_membership_resumes() {
             "{}: {agents:?} -> {now:?}",
             node.name()
         );
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_with_one_name_are_reported() {
+    let nats = Nats::start().await;
+    let first = MeshNode::start(&nats, NodeSpec::new("dup", "node-0", "fr-par-1"));
+    let second = MeshNode::start(&nats, NodeSpec::new("dup", "node-0", "fr-par-2"));
+    for node in [&first, &second] {
+        wait_until(
+            "the duplicate name to be reported",
+            Duration::from_secs(10),
+            || {
+                let log = node.log_text();
+                async move {
+                    log.contains("another node announces this node's name")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
     }
 }

@@ -100,35 +100,25 @@ async fn a_node_wiped_after_an_s3_snapshot_comes_back_and_peers_restore_single_a
         assert_eq!(value(&client, "node-a", &format!("counter/w{i}")).await, i);
     }
 
-    // A new node restores one agent from node-a's snapshot, by ranged read.
+    // Point in time: counter/w7 moves on, then is restored, where it lives,
+    // to the first snapshot.
     let b = MeshNode::start(&nats, s3_spec("s3wipe", "node-b", root.path(), &s3));
     client.converged(&[&a, &b]).await;
-    ok(client
-        .call(Some("node-a"), "counter/w7", json!({"add": 1000}))
-        .await);
-    let out = meshctl(
-        &nats.url(),
-        "s3wipe",
-        &[
-            "restore",
-            "--node",
-            "node-b",
-            "--agent",
-            "counter/w7",
-            "--from",
-            "node-a",
-        ],
-    );
+    let add = json!({"add": 1000});
+    ok(client.call(Some("node-a"), "counter/w7", add).await);
+    snapshot(&nats, "s3wipe", "node-a");
+    let args = ["restore", "--agent", "counter/w7", "--snapshot", &id];
+    let out = meshctl(&nats.url(), "s3wipe", &args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // counter/w7 lives on node-a; node-b's store now holds the older
-    // snapshot's record. A newer snapshot (1007) exists when node-a dies, so
-    // only the explicit restore can make node-b answer 7.
-    assert_eq!(value(&client, "node-a", "counter/w7").await, 1007);
-    snapshot(&nats, "s3wipe", "node-a");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("on node-a"));
+    assert_eq!(value(&client, "node-b", "counter/w7").await, 7);
+
+    // A node that never hosted counter/w3 restores it, with one ranged read
+    // of node-a's newest snapshot, once node-a is gone.
     a.signal(libc::SIGKILL);
     drop(a);
     wait_until("node-b to drop node-a", Duration::from_secs(10), || async {
@@ -136,7 +126,8 @@ async fn a_node_wiped_after_an_s3_snapshot_comes_back_and_peers_restore_single_a
         (names == ["node-b"]).then_some(())
     })
     .await;
-    assert_eq!(value(&client, "node-b", "counter/w7").await, 7);
+    assert_eq!(value(&client, "node-b", "counter/w3").await, 3);
+    assert!(b.log_text().contains("agent=counter/w3"));
     let out = meshctl(
         &nats.url(),
         "s3wipe",

@@ -39,6 +39,8 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
 /// How many complete snapshots a node keeps.
 pub const DEFAULT_SNAPSHOT_KEEP: usize = 5;
+/// Below this many bytes a cluster secret gets a warning.
+const MIN_SECRET_BYTES: usize = 16;
 /// The secret a development node uses when none is configured.
 const DEVELOPMENT_SECRET: &str = "agent-mesh-development-secret";
 
@@ -323,6 +325,13 @@ impl Config {
         let listen_text = text(args.listen, file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = parse_addr("listen", &listen_text)?;
         let advertise = match text(args.advertise, file.advertise) {
+            Some(a) if parse_addr("advertise", &a)?.ip().is_unspecified() => {
+                return Err(invalid(
+                    "advertise",
+                    &a,
+                    "peers cannot dial an unspecified address",
+                ))
+            }
             Some(a) => parse_addr("advertise", &a)?,
             None if listen.ip().is_unspecified() => {
                 return Err(invalid(
@@ -507,6 +516,13 @@ fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
     let secret = text.trim();
     if secret.is_empty() {
         return Err(ConfigError(format!("secret_file {shown} is empty")));
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        tracing::warn!(
+            file = %shown,
+            bytes = secret.len(),
+            "the cluster secret is short: use at least 32 random bytes"
+        );
     }
     Ok(Secret(secret.to_owned()))
 }

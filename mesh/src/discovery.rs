@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::link::LinkEvent;
 use crate::membership::{Announcement, Change, ANNOUNCEMENT_VERSION};
@@ -63,6 +63,7 @@ pub(crate) async fn spawn(shared: Arc<Shared>, nats: async_nats::Client) -> anyh
         nats,
         last_check: Instant::now(),
         frozen: false,
+        impostor: None,
     };
     tokio::spawn(task.run(announcements, goodbyes, leave_rx));
     Ok(Handle { leave })
@@ -74,6 +75,8 @@ struct Discovery {
     last_check: Instant,
     /// Whether membership is frozen because NATS is unreachable.
     frozen: bool,
+    /// The incarnation of another process seen announcing our name.
+    impostor: Option<u64>,
 }
 
 impl Discovery {
@@ -117,6 +120,19 @@ impl Discovery {
             Ok(info) => info,
             Err(e) => return warn!(error = %e, "ignored a malformed announcement"),
         };
+        if info.name == self.shared.config.name && info.incarnation != self.shared.incarnation {
+            // Two processes share a name: they will replace each other in
+            // every view. Say so loudly, once per impostor.
+            if self.impostor != Some(info.incarnation) {
+                self.impostor = Some(info.incarnation);
+                error!(
+                    node = %info.name,
+                    other_link = %info.link,
+                    "another node announces this node's name: give every node its own name"
+                );
+            }
+            return;
+        }
         if info.v != ANNOUNCEMENT_VERSION {
             return debug!(
                 peer = %info.name,

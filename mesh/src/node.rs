@@ -500,8 +500,9 @@ impl Shared {
     /// Restores every record of a snapshot of `node` into this node's
     /// store, stopping live agents so they reload.
     ///
-    /// A record replaces the stored one with a higher epoch, so the restored
-    /// state wins over what the store held.
+    /// A restored record takes the highest epoch seen and a later sequence
+    /// number, so it wins over what the store held without fencing the
+    /// agent's next activation.
     pub(crate) async fn restore(
         &self,
         node: &str,
@@ -527,12 +528,16 @@ impl Shared {
                 actor.stop(Some("restored".into()));
             }
             let stored = self.store.load(&id).ok().flatten();
+            // Epochs come from ownership only: a restore never invents one,
+            // or the agent's next activation would be fenced by it. The
+            // restored record sorts after the stored one by its sequence.
             let record = Record {
                 epoch: stored
                     .as_ref()
-                    .map_or(record.epoch, |s| s.epoch.max(record.epoch))
-                    + 1,
-                seq: 0,
+                    .map_or(record.epoch, |s| s.epoch.max(record.epoch)),
+                seq: stored
+                    .as_ref()
+                    .map_or(record.seq, |s| s.seq.max(record.seq) + 1),
                 ..record
             };
             self.store

@@ -81,7 +81,7 @@ struct PeerLease {
 }
 
 /// A successful claim of an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     /// The activation's epoch (the owner entry's revision).
     pub epoch: u64,
@@ -90,6 +90,9 @@ pub struct Claim {
     /// Whether another owner had it before (taken over, or released), so
     /// its newest state may be in a snapshot written moments ago.
     pub inherited: bool,
+    /// The previous owner and its activation's epoch, when taken over:
+    /// state older than that epoch misses that owner's changes.
+    pub previous: Option<(String, u64)>,
 }
 
 /// Why an activation may not go ahead here.
@@ -328,7 +331,7 @@ impl Ownership {
         if !self.serves(generation) {
             return Err(Refusal::Unavailable("this node's lease has lapsed".into()));
         }
-        let (epoch, inherited) = self.claim(id).await?;
+        let (epoch, inherited, previous) = self.claim(id).await?;
         // The claim may have raced with a lapse of our own lease.
         if !self.serves(generation) {
             return Err(Refusal::Unavailable("this node's lease has lapsed".into()));
@@ -337,12 +340,13 @@ impl Ownership {
             epoch,
             generation,
             inherited,
+            previous,
         })
     }
 
     /// Returns the epoch, and whether another node (or incarnation) owned
     /// the agent before, released or not.
-    async fn claim(&self, id: &AgentId) -> Result<(u64, bool), Refusal> {
+    async fn claim(&self, id: &AgentId) -> Result<(u64, bool, Option<(String, u64)>), Refusal> {
         let key = agent_key(id);
         let mine = serde_json::to_vec(&Owner {
             node: self.me.clone(),
@@ -361,7 +365,7 @@ impl Ownership {
             let current = entry.filter(|e| !e.deleted);
             let Some(entry) = current else {
                 match self.bucket.create(&key, mine.clone().into()).await {
-                    Ok(epoch) => return Ok((epoch, released)),
+                    Ok(epoch) => return Ok((epoch, released, None)),
                     Err(e) => {
                         debug!(agent = %id, error = %e, "lost the race to create an owner entry");
                         continue;
@@ -380,7 +384,7 @@ impl Ownership {
                     .update(&key, mine.clone().into(), entry.revision)
                     .await
                 {
-                    Ok(epoch) => return Ok((epoch, false)),
+                    Ok(epoch) => return Ok((epoch, false, None)),
                     Err(e) => {
                         debug!(agent = %id, error = %e, "ownership read was stale");
                         continue;
@@ -410,7 +414,7 @@ impl Ownership {
                         elapsed_ms = silent_ms.unwrap_or(0),
                         "agent taken over"
                     );
-                    return Ok((epoch, true));
+                    return Ok((epoch, true, Some((owner.node, entry.revision))));
                 }
                 Err(e) => debug!(agent = %id, error = %e, "lost the race to take over"),
             }

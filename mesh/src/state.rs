@@ -196,10 +196,16 @@ pub(crate) async fn load(
         }
     }
 
-    if best.record.is_none() {
+    // A new agent, or one inherited from another owner, may have a newer
+    // state in a snapshot than any copy on this node's disk (a copy left
+    // from an earlier stay here). Replicated kinds have the bucket instead.
+    let look = best.record.is_none() || (inherited && durability == Durability::Local);
+    if look {
         if let Some(record) = from_snapshots(shared, id, inherited).await {
-            best.record = Some(record);
-            best.source = "snapshot";
+            if best.record.as_ref().is_none_or(|r| record.is_newer_than(r)) {
+                best.record = Some(record);
+                best.source = "snapshot";
+            }
         }
     }
     Ok(best)

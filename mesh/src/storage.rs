@@ -156,6 +156,12 @@ impl Store {
         let path = data_dir.join("state");
         let (db, quarantined) = match sled::open(&path) {
             Ok(db) => (db, None),
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Io(format!(
+                    "data dir {} is in use by another process (its lock is held)",
+                    data_dir.display()
+                )))
+            }
             Err(e) if !is_damage(&e) => {
                 return Err(StoreError::Io(format!(
                     "cannot open {}: {e}",

@@ -163,15 +163,30 @@ async fn activate(shared: &Shared, id: &AgentId, kind: &Arc<dyn Kind>) -> Result
         None => None,
     };
     let durability = kind.durability();
-    let inherited = claimed.is_some_and(|c| c.inherited);
+    let inherited = claimed.as_ref().is_some_and(|c| c.inherited);
     let loaded = state::load(shared, id, durability, inherited)
         .await
         .map_err(refuse)?;
+    if let (Some((owner, epoch)), Some(record)) = (
+        claimed.as_ref().and_then(|c| c.previous.clone()),
+        loaded.record.as_ref(),
+    ) {
+        if record.epoch < epoch && durability != actors::Durability::Memory {
+            warn!(
+                agent = %id,
+                previous_owner = %owner,
+                previous_epoch = epoch,
+                state_epoch = record.epoch,
+                from = loaded.source,
+                "the newest state found predates the previous owner: its changes since are not here"
+            );
+        }
+    }
     let record = loaded.record.as_ref();
     let instance = kind
         .instantiate(record.map(|r| (r.state_version, r.state.as_slice())))
         .map_err(refuse)?;
-    let (epoch, generation) = match claimed {
+    let (epoch, generation) = match &claimed {
         Some(claim) => (claim.epoch, claim.generation),
         None => (record.map_or(0, |r| r.epoch) + 1, 0),
     };

@@ -122,6 +122,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    let valid_cluster = !cli.cluster.is_empty()
+        && cli
+            .cluster
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid_cluster {
+        let why = "use lowercase letters, digits, '-' or '_'";
+        return Err(Failure(
+            2,
+            format!("invalid cluster \"{}\": {why}", cli.cluster),
+        ));
+    }
+    if cli.timeout < Duration::from_millis(1) {
+        return Err(Failure(2, "--timeout must be at least 1ms".into()));
+    }
     // Check arguments before touching the network.
     let call = match &cli.command {
         Command::Call {
@@ -356,8 +371,19 @@ impl Ctl {
     }
 
     async fn snapshots(&self, node: Option<String>, json: bool) -> Result<(), Failure> {
-        let request = AdminRequest::Snapshots { node };
-        let value = self.admin(self.admin_subject(None), &request).await?;
+        // The named node answers if it can: with per-node file:// storage
+        // only it sees its own snapshots. With shared storage (S3) any node
+        // can answer for a node that is gone.
+        let request = AdminRequest::Snapshots { node: node.clone() };
+        let value = match self
+            .admin(self.admin_subject(node.as_deref()), &request)
+            .await
+        {
+            Err(Failure(5, _)) if node.is_some() => {
+                self.admin(self.admin_subject(None), &request).await?
+            }
+            answer => answer?,
+        };
         let list: Vec<SnapshotView> = serde_json::from_value(value)
             .map_err(|e| Failure::mesh(format!("unreadable answer: {e}")))?;
         if json {

@@ -92,6 +92,13 @@ fn bad_values_are_refused_naming_key_and_value() {
         ),
         (
             NodeArgs {
+                advertise: Some("0.0.0.0:7400".into()),
+                ..NodeArgs::default()
+            },
+            "peers cannot dial an unspecified address",
+        ),
+        (
+            NodeArgs {
                 heartbeat: Some("soon".into()),
                 ..NodeArgs::default()
             },
