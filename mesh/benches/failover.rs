@@ -23,6 +23,11 @@
 //! `bench/results/failover.md`. `bench/README.md` tells how to run it and
 //! which environment variables change what it does.
 
+#[path = "support/machine.rs"]
+mod machine;
+
+use machine::output_of;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -775,24 +780,6 @@ impl Spread {
     }
 }
 
-/// The first line of `file` whose key (before a colon) is `key`, value only.
-fn proc_field(file: &str, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        (k.trim() == key).then(|| v.trim().to_owned())
-    })
-}
-
-/// The trimmed standard output of a command, if it runs and succeeds.
-fn output_of(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
 /// The 1, 5 and 15 minute load averages.
 fn load_average() -> String {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -804,32 +791,25 @@ fn load_average() -> String {
 
 fn header(settings: &Settings) -> String {
     let unknown = || "unknown".to_owned();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = proc_field("/proc/cpuinfo", "model name").unwrap_or_else(unknown);
-    let memory = proc_field("/proc/meminfo", "MemTotal").unwrap_or_else(unknown);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| unknown());
-    let rustc = output_of("rustc", &["--version"]).unwrap_or_else(unknown);
+    let machine = machine::describe(&workspace_root());
     let nats = output_of(&settings.nats_server, &["--version"]).unwrap_or_else(unknown);
     let date = humantime::format_rfc3339_seconds(SystemTime::now());
-    let root = workspace_root();
-    let root = root.to_string_lossy();
-    let revision = match output_of("git", &["-C", &root, "rev-parse", "--short", "HEAD"]) {
-        Some(head) => match output_of("git", &["-C", &root, "status", "--porcelain", "--", "."]) {
-            Some(_) => format!("{head} with uncommitted changes"),
-            None => head,
-        },
-        None => unknown(),
-    };
 
     let mut out = String::new();
     let _ = writeln!(out, "# agent-mesh failover benchmark\n");
     let _ = writeln!(out, "- date: {date}");
-    let _ = writeln!(out, "- machine: {cpus} CPUs ({cpu}), {memory} memory");
-    let _ = writeln!(out, "- kernel: Linux {kernel}; {rustc}; {nats}");
+    let _ = writeln!(
+        out,
+        "- machine: {} CPUs ({}), {} memory",
+        machine.cpus, machine.cpu, machine.memory
+    );
+    let _ = writeln!(
+        out,
+        "- kernel: Linux {}; {}; {nats}",
+        machine.kernel, machine.rustc
+    );
     let _ = writeln!(out, "- load average at start: {}", load_average());
-    let _ = writeln!(out, "- revision: {revision}");
+    let _ = writeln!(out, "- revision: {}", machine.revision);
     let _ = writeln!(out, "- mesh-node: {}", settings.mesh_node.display());
     if is_stale(&settings.mesh_node) {
         let warning = "**older than the sources: it may not be the code of this revision**";

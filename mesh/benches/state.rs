@@ -14,9 +14,13 @@
 //! Run it with `cargo bench -p mesh --bench state`; `bench/README.md` lists
 //! the environment variables that change what it does.
 
+#[path = "support/machine.rs"]
+mod machine;
+
+use machine::output_of;
+
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -295,33 +299,10 @@ fn s3_store(s3: &S3Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
 
 // The machine, and how to repeat the run.
 
-/// The first line of `file` whose key (before a colon) is `key`, value only.
-fn proc_field(file: &str, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        (k.trim() == key).then(|| v.trim().to_owned())
-    })
-}
-
-/// The trimmed standard output of a command, if it runs and succeeds.
-fn output_of(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
 fn header(settings: &Settings) -> String {
     let unknown = || "unknown".to_owned();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = proc_field("/proc/cpuinfo", "model name").unwrap_or_else(unknown);
-    let memory = proc_field("/proc/meminfo", "MemTotal").unwrap_or_else(unknown);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| unknown());
-    let rustc = output_of("rustc", &["--version"]).unwrap_or_else(unknown);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let machine = machine::describe(&root);
     let date = output_of("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]).unwrap_or_else(unknown);
     let temp = std::env::temp_dir();
     let temp_fs = output_of(
@@ -329,23 +310,18 @@ fn header(settings: &Settings) -> String {
         &["-no", "SOURCE,FSTYPE", "-T", &temp.to_string_lossy()],
     )
     .unwrap_or_else(unknown);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let root = root.to_string_lossy();
-    let revision = match output_of("git", &["-C", &root, "rev-parse", "--short", "HEAD"]) {
-        Some(head) => match output_of("git", &["-C", &root, "status", "--porcelain", "--", "."]) {
-            Some(_) => format!("{head} with uncommitted changes"),
-            None => head,
-        },
-        None => unknown(),
-    };
 
     let mut out = String::new();
     let _ = writeln!(out, "# agent-mesh state benchmark\n");
     let _ = writeln!(out, "- date: {date}");
-    let _ = writeln!(out, "- machine: {cpus} CPUs ({cpu}), {memory} memory");
-    let _ = writeln!(out, "- kernel: Linux {kernel}; {rustc}");
+    let _ = writeln!(
+        out,
+        "- machine: {} CPUs ({}), {} memory",
+        machine.cpus, machine.cpu, machine.memory
+    );
+    let _ = writeln!(out, "- kernel: Linux {}; {}", machine.kernel, machine.rustc);
     let _ = writeln!(out, "- temp dir: {} on {temp_fs}", temp.display());
-    let _ = writeln!(out, "- revision: {revision}");
+    let _ = writeln!(out, "- revision: {}", machine.revision);
     let _ = writeln!(
         out,
         "- sizes: {}; each figure is the median of {} runs after a warm-up run",
