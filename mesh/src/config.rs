@@ -150,6 +150,9 @@ pub struct NodeArgs {
     /// How long a link may go without answering pings before it is cut.
     #[arg(long, env = "MESH_LINK_TIMEOUT", value_name = "DURATION")]
     pub link_timeout: Option<String>,
+    /// Address serving /metrics, /healthz and /readyz [default: none].
+    #[arg(long, env = "MESH_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// JetStream replicas of the ownership and replicated-state buckets
     /// (3 in a NATS cluster spanning zones) [default: 1].
     #[arg(long, env = "MESH_KV_REPLICAS", value_name = "N")]
@@ -183,6 +186,7 @@ struct FileConfig {
     lease: Option<String>,
     link_timeout: Option<String>,
     kv_replicas: Option<usize>,
+    metrics_listen: Option<String>,
 }
 
 /// A node's checked configuration.
@@ -230,6 +234,8 @@ pub struct Config {
     pub link_timeout: Duration,
     /// JetStream replicas of the mesh's buckets.
     pub kv_replicas: usize,
+    /// Where /metrics, /healthz and /readyz are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where snapshots are written.
@@ -417,6 +423,9 @@ impl Config {
         let link_timeout = duration("link_timeout", text(args.link_timeout, file.link_timeout))?
             .unwrap_or(DEFAULT_LINK_TIMEOUT);
         let kv_replicas = args.kv_replicas.or(file.kv_replicas).unwrap_or(1);
+        let metrics_listen = text(args.metrics_listen, file.metrics_listen)
+            .map(|a| parse_addr("metrics_listen", &a))
+            .transpose()?;
         if !(1..=5).contains(&kv_replicas) {
             return Err(invalid(
                 "kv_replicas",
@@ -454,6 +463,7 @@ impl Config {
             lease,
             link_timeout,
             kv_replicas,
+            metrics_listen,
         })
     }
 }

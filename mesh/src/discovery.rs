@@ -110,8 +110,12 @@ impl Discovery {
     async fn announce(&self) {
         let body = serde_json::to_vec(&self.shared.announcement()).expect("announcement encodes");
         let subject = subjects::announce(&self.shared.config.cluster);
-        if let Err(e) = self.nats.publish(subject, body.into()).await {
-            warn!(error = %e, "cannot announce");
+        match self.nats.publish(subject, body.into()).await {
+            Ok(()) => self
+                .shared
+                .announced
+                .store(true, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => warn!(error = %e, "cannot announce"),
         }
     }
 

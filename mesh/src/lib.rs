@@ -17,6 +17,7 @@
 //! - [`gateway`]: JSON over NATS request/reply, the way in from outside;
 //! - [`subjects`]: every NATS subject in one place;
 //! - [`metrics`]: what a node counts about itself;
+//! - [`health`]: `/metrics`, `/healthz` and `/readyz` over HTTP;
 //! - [`node`]: the parts put together, and how a message is routed.
 //!
 //! The binary codec lives in [`actors::codec`], the lowest crate that needs
@@ -26,6 +27,7 @@ pub mod config;
 pub mod directory;
 pub mod discovery;
 pub mod gateway;
+pub mod health;
 pub mod link;
 pub mod membership;
 pub mod metrics;

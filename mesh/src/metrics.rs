@@ -1,48 +1,26 @@
-//! Counters a node keeps about itself, read by `meshctl` and tests.
+//! What a node counts about itself: Prometheus metrics, and a JSON copy of
+//! the counters for `meshctl` and tests.
+//!
+//! Counters and histograms are updated where things happen; gauges that
+//! describe the node as a whole (members, live agents, store size, snapshot
+//! age) are computed when they are scraped, so they cost nothing between
+//! scrapes.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-/// A number that only grows.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+/// The smallest latency bucket, in seconds (100 µs).
+const FIRST_BUCKET: f64 = 0.000_1;
+/// How many latency buckets, each twice the previous (up to about 3 s).
+const BUCKETS: u16 = 16;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A number that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Takes one away.
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// What a node counts.
-#[derive(Debug, Default)]
+/// Metrics that change as things happen.
+#[derive(Debug)]
 pub struct Stats {
     /// Frames received on links.
     pub frames_in: Counter,
@@ -54,6 +32,8 @@ pub struct Stats {
     pub calls_out: Counter,
     /// Agents activated on this node.
     pub activations: Counter,
+    /// Agents this node took over from a dead or departed owner.
+    pub failovers: Counter,
     /// Agents that crashed.
     pub agent_crashes: Counter,
     /// Links up now.
@@ -62,9 +42,184 @@ pub struct Stats {
     pub gateway_requests: Counter,
     /// Gateway requests answered with an error.
     pub gateway_errors: Counter,
+    /// Snapshots written.
+    pub snapshots: Counter,
+    /// Snapshots that failed.
+    pub snapshot_failures: Counter,
+    /// Bytes of data objects written by snapshots.
+    pub snapshot_bytes: Counter,
+    /// How long snapshots took.
+    pub snapshot_seconds: Histogram,
+    /// How long calls made on this node took, reply or error.
+    pub call_seconds: Histogram,
 }
 
-/// A point-in-time copy of [`Stats`], as JSON.
+impl Default for Stats {
+    fn default() -> Self {
+        let latency = || Histogram::new(exponential_buckets(FIRST_BUCKET, 2.0, BUCKETS));
+        Stats {
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            calls_in: Counter::default(),
+            calls_out: Counter::default(),
+            activations: Counter::default(),
+            failovers: Counter::default(),
+            agent_crashes: Counter::default(),
+            links_up: Gauge::default(),
+            gateway_requests: Counter::default(),
+            gateway_errors: Counter::default(),
+            snapshots: Counter::default(),
+            snapshot_failures: Counter::default(),
+            snapshot_bytes: Counter::default(),
+            snapshot_seconds: Histogram::new(exponential_buckets(0.01, 2.0, BUCKETS)),
+            call_seconds: latency(),
+        }
+    }
+}
+
+/// The whole-node gauges, read at scrape time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Members by (zone, state), this node included.
+    pub members: Vec<(String, String, i64)>,
+    /// Live agents by kind.
+    pub agents: Vec<(String, i64)>,
+    /// Whether the NATS connection is up.
+    pub nats_connected: bool,
+    /// Whether this node's ownership lease is valid.
+    pub lease_valid: bool,
+    /// The state store's size on disk.
+    pub store_bytes: u64,
+    /// Seconds since the last snapshot was written, if any was.
+    pub snapshot_age_seconds: Option<f64>,
+}
+
+type Labels = Vec<(String, String)>;
+
+impl Stats {
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self, gauges: &Gauges) -> String {
+        let mut registry = Registry::with_prefix("mesh");
+        let counters = [
+            (
+                "link_frames_in",
+                "Frames received on links",
+                &self.frames_in,
+            ),
+            ("link_frames_out", "Frames sent on links", &self.frames_out),
+            (
+                "calls_in",
+                "Calls that arrived from other nodes",
+                &self.calls_in,
+            ),
+            ("calls_out", "Calls sent to other nodes", &self.calls_out),
+            ("activations", "Agents activated", &self.activations),
+            (
+                "failovers",
+                "Agents taken over from another node",
+                &self.failovers,
+            ),
+            ("agent_crashes", "Agents that crashed", &self.agent_crashes),
+            (
+                "gateway_requests",
+                "Gateway requests served",
+                &self.gateway_requests,
+            ),
+            (
+                "gateway_errors",
+                "Gateway requests answered with an error",
+                &self.gateway_errors,
+            ),
+            ("snapshots", "Snapshots written", &self.snapshots),
+            (
+                "snapshot_failures",
+                "Snapshots that failed",
+                &self.snapshot_failures,
+            ),
+            (
+                "snapshot_bytes",
+                "Bytes written by snapshots",
+                &self.snapshot_bytes,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register("links_up", "Links up", self.links_up.clone());
+        registry.register("call_seconds", "Call latency", self.call_seconds.clone());
+        registry.register(
+            "snapshot_seconds",
+            "Snapshot duration",
+            self.snapshot_seconds.clone(),
+        );
+
+        let members = Family::<Labels, Gauge>::default();
+        for (zone, state, n) in &gauges.members {
+            let labels = vec![
+                ("zone".into(), zone.clone()),
+                ("state".into(), state.clone()),
+            ];
+            members.get_or_create(&labels).set(*n);
+        }
+        registry.register("members", "Members by zone and state", members);
+        let agents = Family::<Labels, Gauge>::default();
+        for (kind, n) in &gauges.agents {
+            agents
+                .get_or_create(&vec![("kind".into(), kind.clone())])
+                .set(*n);
+        }
+        registry.register("agents_live", "Live agents by kind", agents);
+        let flag = |on: bool| {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(i64::from(on));
+            gauge
+        };
+        registry.register(
+            "nats_connected",
+            "NATS connection up",
+            flag(gauges.nats_connected),
+        );
+        registry.register(
+            "lease_valid",
+            "Ownership lease valid",
+            flag(gauges.lease_valid),
+        );
+        let store = Gauge::<i64>::default();
+        store.set(gauges.store_bytes as i64);
+        registry.register("store_bytes", "State store size on disk", store);
+        if let Some(age) = gauges.snapshot_age_seconds {
+            let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+            gauge.set(age);
+            registry.register(
+                "snapshot_age_seconds",
+                "Seconds since the last snapshot",
+                gauge,
+            );
+        }
+
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// Copies the counters.
+    pub fn snapshot(&self, agents_live: usize) -> StatsSnapshot {
+        StatsSnapshot {
+            frames_in: self.frames_in.get(),
+            frames_out: self.frames_out.get(),
+            calls_in: self.calls_in.get(),
+            calls_out: self.calls_out.get(),
+            activations: self.activations.get(),
+            agent_crashes: self.agent_crashes.get(),
+            links_up: self.links_up.get(),
+            gateway_requests: self.gateway_requests.get(),
+            gateway_errors: self.gateway_errors.get(),
+            agents_live: agents_live as u64,
+        }
+    }
+}
+
+/// A point-in-time copy of the counters, as JSON.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct StatsSnapshot {
     /// Frames received on links.
@@ -87,22 +242,4 @@ pub struct StatsSnapshot {
     pub gateway_errors: u64,
     /// Agents live now.
     pub agents_live: u64,
-}
-
-impl Stats {
-    /// Copies every value.
-    pub fn snapshot(&self, agents_live: usize) -> StatsSnapshot {
-        StatsSnapshot {
-            frames_in: self.frames_in.get(),
-            frames_out: self.frames_out.get(),
-            calls_in: self.calls_in.get(),
-            calls_out: self.calls_out.get(),
-            activations: self.activations.get(),
-            agent_crashes: self.agent_crashes.get(),
-            links_up: self.links_up.get(),
-            gateway_requests: self.gateway_requests.get(),
-            gateway_errors: self.gateway_errors.get(),
-            agents_live: agents_live as u64,
-        }
-    }
 }

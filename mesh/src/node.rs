@@ -11,7 +11,7 @@
 //! 4. the reply, the deadline, or the loss of the link ends the wait,
 //!    whichever comes first; a late reply finds no slot and is dropped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) last_snapshot_ms: AtomicU64,
     /// Set once shutdown begins: no new activations.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
+    /// Set once the node has announced itself.
+    pub(crate) announced: std::sync::atomic::AtomicBool,
     name: Arc<str>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_call: AtomicU64,
@@ -214,10 +216,14 @@ impl Shared {
     ) -> Result<Vec<u8>, CallError> {
         self.check_size(&payload)?;
         let kind = self.registry.kind_of(&to)?;
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let retry = kind.is_idempotent(&payload).then(|| payload.clone());
         let first = self.call_once(to.clone(), payload, deadline, None).await;
         let (Err(CallError::NodeLost { node, .. }), Some(payload)) = (&first, retry) else {
+            self.stats
+                .call_seconds
+                .observe(started.elapsed().as_secs_f64());
             return first;
         };
         // Wait until the agent has somewhere else to go, then try once more.
@@ -480,10 +486,79 @@ impl Shared {
         }
     }
 
+    /// The whole-node gauges, for a scrape.
+    pub(crate) fn gauges(&self, nats_connected: bool) -> crate::metrics::Gauges {
+        let now = Instant::now();
+        let mut members: BTreeMap<(String, String), i64> = BTreeMap::new();
+        *members
+            .entry((self.config.zone.clone(), "alive".into()))
+            .or_default() += 1;
+        {
+            let view = self.members.read().expect("members lock");
+            for member in view.iter() {
+                let state = serde_json::to_value(view.status(member, now))
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                *members
+                    .entry((member.info.zone.clone(), state))
+                    .or_default() += 1;
+            }
+        }
+        let mut agents: BTreeMap<String, i64> = BTreeMap::new();
+        for id in self.directory.names() {
+            *agents.entry(id.kind().to_owned()).or_default() += 1;
+        }
+        let last = self.last_snapshot_ms.load(Ordering::Relaxed);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        crate::metrics::Gauges {
+            members: members.into_iter().map(|((z, s), n)| (z, s, n)).collect(),
+            agents: agents.into_iter().collect(),
+            nats_connected,
+            lease_valid: self.ownership.as_ref().is_some_and(|o| o.lease_valid()),
+            store_bytes: self.store.size_on_disk(),
+            snapshot_age_seconds: (last > 0).then(|| now_ms.saturating_sub(last) as f64 / 1e3),
+        }
+    }
+
+    /// The readiness checks that fail now, each as one line.
+    pub(crate) fn readiness(&self, nats_connected: bool) -> Vec<&'static str> {
+        let mut failing = Vec::new();
+        if !self.announced.load(Ordering::Relaxed) {
+            failing.push("joined: the node has not announced itself yet");
+        }
+        if !nats_connected {
+            failing.push("nats: not connected to NATS");
+        }
+        if self.store.is_closed() {
+            failing.push("store: the state store is closed");
+        }
+        if !self.ownership.as_ref().is_some_and(|o| o.lease_valid()) {
+            failing.push("lease: this node holds no valid ownership lease");
+        }
+        failing
+    }
+
     /// Takes a snapshot now and prunes old ones.
     pub(crate) async fn take_snapshot(&self) -> Result<Manifest, SnapshotError> {
         let _only_one = self.snapshot_lock.lock().await;
-        let manifest = self.snapshots.take(&self.config.name, &self.store).await?;
+        let started = Instant::now();
+        let taken = self.snapshots.take(&self.config.name, &self.store).await;
+        let manifest = match taken {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                self.stats.snapshot_failures.inc();
+                return Err(e);
+            }
+        };
+        self.stats.snapshots.inc();
+        self.stats.snapshot_bytes.inc_by(manifest.bytes);
+        self.stats
+            .snapshot_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.last_snapshot_ms
             .store(manifest.created_ms, Ordering::Relaxed);
         let (keep, max_age) = (self.config.snapshot_keep, self.config.snapshot_max_age);
@@ -705,6 +780,7 @@ impl Node {
             snapshot_lock: tokio::sync::Mutex::new(()),
             last_snapshot_ms: AtomicU64::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            announced: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             supervisor: OnceLock::new(),
@@ -724,6 +800,9 @@ impl Node {
         let discovery = discovery::spawn(shared.clone(), nats.clone()).await?;
         let snapshotter = tokio::spawn(periodic_snapshots(shared.clone()));
         let mut background = vec![snapshotter];
+        if let Some(addr) = shared.config.metrics_listen {
+            background.push(crate::health::spawn(shared.clone(), nats.clone(), addr).await?);
+        }
         if let Some(ownership) = &shared.ownership {
             background.push(tokio::spawn(ownership::renew_forever(ownership.clone())));
             background.push(tokio::spawn(ownership::watch_forever(

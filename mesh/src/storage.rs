@@ -251,6 +251,11 @@ impl Store {
         self.agents.is_empty()
     }
 
+    /// Whether the writer is gone (the store cannot take writes).
+    pub fn is_closed(&self) -> bool {
+        self.writer.queue.as_ref().is_none_or(|q| q.is_closed())
+    }
+
     /// The database's size on disk, in bytes.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)

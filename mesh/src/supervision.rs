@@ -164,6 +164,9 @@ async fn activate(shared: &Shared, id: &AgentId, kind: &Arc<dyn Kind>) -> Result
     };
     let durability = kind.durability();
     let inherited = claimed.as_ref().is_some_and(|c| c.inherited);
+    if claimed.as_ref().is_some_and(|c| c.previous.is_some()) {
+        shared.stats.failovers.inc();
+    }
     let loaded = state::load(shared, id, durability, inherited)
         .await
         .map_err(refuse)?;

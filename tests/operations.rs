@@ -1,0 +1,140 @@
+//! Operating a node: Prometheus metrics and health endpoints.
+
+#![allow(missing_docs)]
+
+#[path = "support.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{free_port, meshctl, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+
+/// GETs `path` from `port` on loopback: the status code and the body.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Scrapes `port` and returns the samples.
+fn scrape(port: u16) -> Vec<prometheus_parse::Sample> {
+    let (status, body) = get(port, "/metrics").expect("metrics answer");
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines)
+        .expect("the exposition parses")
+        .samples
+}
+
+/// The value of `metric` with `label` = `value` (or the first, unlabelled).
+fn value(samples: &[prometheus_parse::Sample], metric: &str, label: Option<(&str, &str)>) -> f64 {
+    let found = samples
+        .iter()
+        .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)));
+    match found.map(|s| &s.value) {
+        Some(prometheus_parse::Value::Counter(v))
+        | Some(prometheus_parse::Value::Gauge(v))
+        | Some(prometheus_parse::Value::Untyped(v)) => *v,
+        other => panic!("{metric}: {other:?}"),
+    }
+}
+
+fn with_metrics(cluster: &str, name: &str, zone: &str) -> (NodeSpec, u16) {
+    let port = free_port();
+    let mut spec = NodeSpec::new(cluster, name, zone);
+    spec.extra = vec!["--metrics-listen".into(), format!("127.0.0.1:{port}")];
+    (spec, port)
+}
+
+#[tokio::test]
+async fn metrics_move_as_calls_and_snapshots_happen() {
+    let nats = Nats::start().await;
+    let (spec_a, port_a) = with_metrics("ops", "node-a", "fr-par-1");
+    let (spec_b, port_b) = with_metrics("ops", "node-b", "nl-ams-1");
+    let a = MeshNode::start(&nats, spec_a);
+    let b = MeshNode::start(&nats, spec_b);
+    let client = Client::connect(&nats, "ops").await;
+    client.converged(&[&a, &b]).await;
+
+    let before = scrape(port_a);
+    let mut counter = String::new();
+    for i in 0..100 {
+        counter = format!("counter/m{i}");
+        if client.locate("node-a", &counter).await == "node-b" {
+            break;
+        }
+    }
+    for _ in 0..3 {
+        ok(client
+            .call(Some("node-a"), &counter, json!({"add": 1}))
+            .await);
+    }
+    let after = scrape(port_a);
+    let calls = |s: &[_]| value(s, "mesh_calls_out_total", None);
+    assert_eq!(
+        calls(&after) - calls(&before),
+        3.0,
+        "three calls crossed to node-b"
+    );
+    assert_eq!(
+        value(&after, "mesh_members", Some(("zone", "nl-ams-1"))),
+        1.0
+    );
+    assert_eq!(value(&after, "mesh_nats_connected", None), 1.0);
+    assert_eq!(value(&after, "mesh_links_up", None), 1.0);
+    let on_b = scrape(port_b);
+    assert_eq!(
+        value(&on_b, "mesh_agents_live", Some(("kind", "counter"))),
+        1.0
+    );
+    assert_eq!(value(&on_b, "mesh_calls_in_total", None), 3.0);
+
+    let out = meshctl(&nats.url(), "ops", &["snapshot", "--node", "node-b"]);
+    assert!(out.status.success());
+    let on_b = scrape(port_b);
+    assert_eq!(value(&on_b, "mesh_snapshots_total", None), 1.0);
+    assert!(value(&on_b, "mesh_snapshot_age_seconds", None) < 60.0);
+    assert!(value(&on_b, "mesh_snapshot_bytes_total", None) > 0.0);
+    assert_eq!(get(port_b, "/healthz").unwrap(), (200, "ok\n".into()));
+    assert_eq!(get(port_b, "/nope").unwrap().0, 404);
+}
+
+#[tokio::test]
+async fn readiness_names_nats_while_it_is_down_and_recovers() {
+    let mut nats = Nats::start().await;
+    let (spec, port) = with_metrics("ready", "node-a", "fr-par-1");
+    let node = MeshNode::start(&nats, spec);
+    wait_until("the node to be ready", Duration::from_secs(15), || async {
+        (get(port, "/readyz")? == (200, "ready\n".to_owned())).then_some(())
+    })
+    .await;
+
+    nats.stop();
+    let body = wait_until("readiness to fail", Duration::from_secs(15), || async {
+        let (status, body) = get(port, "/readyz")?;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(body.contains("nats: not connected to NATS"), "{body}");
+    assert_eq!(
+        get(port, "/healthz").unwrap().0,
+        200,
+        "alive while not ready"
+    );
+
+    nats.restart(1).await;
+    wait_until("readiness to recover", Duration::from_secs(20), || async {
+        (get(port, "/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+    drop(node);
+}
