@@ -138,3 +138,92 @@ async fn readiness_names_nats_while_it_is_down_and_recovers() {
     .await;
     drop(node);
 }
+
+#[test]
+fn both_binaries_print_shell_completions() {
+    for (binary, args) in [
+        (env!("CARGO_BIN_EXE_meshctl"), ["completions", "bash"]),
+        (env!("CARGO_BIN_EXE_mesh-node"), ["--completions", "bash"]),
+    ] {
+        let out = std::process::Command::new(binary)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("complete -F"), "{binary}: {script}");
+    }
+}
+
+/// A node whose final snapshot hangs on `endpoint`, which accepts
+/// connections and never answers. Its store already holds an agent (from
+/// a first run with local snapshots), so starting needs no restore.
+async fn stuck_on_stop(
+    nats: &Nats,
+    cluster: &str,
+    timeout: &str,
+    endpoint: u16,
+) -> (MeshNode, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut first = NodeSpec::new(cluster, "node-a", "fr-par-1");
+    first.data_dir = Some(data.path().to_owned());
+    let mut node = MeshNode::start(nats, first.clone());
+    let client = Client::connect(nats, cluster).await;
+    client.converged(&[&node]).await;
+    ok(client.call(None, "counter/c", json!({"add": 1})).await);
+    node.signal(libc::SIGTERM);
+    assert!(node.exited(Duration::from_secs(10)).await.success());
+
+    let mut spec = first;
+    spec.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), "x".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "y".into()),
+    ];
+    spec.extra = vec![
+        "--snapshots".into(),
+        "s3://nowhere/x".into(),
+        "--s3-endpoint".into(),
+        format!("http://127.0.0.1:{endpoint}"),
+        "--shutdown-timeout".into(),
+        timeout.into(),
+    ];
+    let node = MeshNode::start(nats, spec);
+    client.converged(&[&node]).await;
+    (node, data)
+}
+
+#[tokio::test]
+async fn a_second_signal_or_the_deadline_ends_a_stop_at_once() {
+    let nats = Nats::start().await;
+    // The kernel completes connections to a listener nobody accepts from,
+    // and the request then waits for an answer that never comes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = silent.local_addr().unwrap().port();
+    for (cluster, timeout, second_signal) in [("sig2", "60s", true), ("deadline", "1s", false)] {
+        let (mut node, _data) = stuck_on_stop(&nats, cluster, timeout, endpoint).await;
+
+        node.signal(libc::SIGTERM);
+        wait_until(
+            "the stop to reach its snapshot",
+            Duration::from_secs(10),
+            || {
+                let log = node.log_text();
+                async move { log.contains("node stopping").then_some(()) }
+            },
+        )
+        .await;
+        let started = std::time::Instant::now();
+        if second_signal {
+            node.signal(libc::SIGTERM);
+        }
+        let status = node.exited(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(130), "{cluster}: {status}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{cluster}");
+        let why = if second_signal {
+            "second signal"
+        } else {
+            "longer than 1s"
+        };
+        assert!(node.log_text().contains(why), "{cluster}");
+    }
+}

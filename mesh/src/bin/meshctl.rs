@@ -78,6 +78,11 @@ enum Command {
         #[arg(long)]
         snapshot: Option<String>,
     },
+    /// Print a completion script for a shell (bash, zsh, fish, ...).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Send a JSON message to an agent without waiting for a reply.
     Send {
         /// The agent, as kind/name.
@@ -122,6 +127,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        clap_complete::generate(shell, &mut command, "meshctl", &mut std::io::stdout());
+        return Ok(());
+    }
     let valid_cluster = !cli.cluster.is_empty()
         && cli
             .cluster
@@ -178,6 +189,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Members => ctl.members(cli.json).await,
         Command::Agents => ctl.agents(cli.json).await,
         Command::Snapshot { node } => ctl.snapshot(node).await,
+        Command::Completions { .. } => unreachable!("answered before connecting"),
         Command::Snapshots {
             command: SnapshotsCommand::List { node },
         } => ctl.snapshots(node, cli.json).await,
