@@ -227,3 +227,95 @@ async fn a_second_signal_or_the_deadline_ends_a_stop_at_once() {
         assert!(node.log_text().contains(why), "{cluster}");
     }
 }
+
+/// The JSON objects of a node's log, one per line; panics on any other line.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn json_logs_follow_one_call_across_nodes_by_its_trace() {
+    let nats = Nats::start().await;
+    let json_node = |name: &str, zone: &str| {
+        let mut spec = NodeSpec::new("trace", name, zone);
+        spec.extra = vec!["--log-format".into(), "json".into()];
+        spec.env = vec![("RUST_LOG".into(), "info,mesh=debug".into())];
+        MeshNode::start(&nats, spec)
+    };
+    let a = json_node("node-a", "fr-par-1");
+    let b = json_node("node-b", "nl-ams-1");
+    let client = Client::connect(&nats, "trace").await;
+    client.converged(&[&a, &b]).await;
+    let mut counter = String::new();
+    for i in 0..100 {
+        counter = format!("counter/t{i}");
+        if client.locate("node-a", &counter).await == "node-b" {
+            break;
+        }
+    }
+    ok(client
+        .call(Some("node-a"), &counter, json!({"add": 1}))
+        .await);
+
+    let field =
+        |line: &serde_json::Value, name: &str| line["fields"][name].as_str().map(str::to_owned);
+    let entered = json_lines(&a.log_text())
+        .into_iter()
+        .find(|l| field(l, "message").as_deref() == Some("gateway call"))
+        .expect("node-a logged the gateway call");
+    let trace = field(&entered, "trace").expect("the call has a trace");
+    let arrived = wait_until("node-b to log the call", Duration::from_secs(5), || {
+        let lines = json_lines(&b.log_text());
+        let trace = trace.clone();
+        async move {
+            lines.into_iter().find(|l| {
+                field(l, "message").as_deref() == Some("call received")
+                    && field(l, "trace").as_deref() == Some(trace.as_str())
+            })
+        }
+    })
+    .await;
+    assert_eq!(field(&arrived, "agent").as_deref(), Some(counter.as_str()));
+    assert_eq!(field(&arrived, "peer").as_deref(), Some("node-a"));
+
+    // An agent's own calls carry the trace of the message it handles: a
+    // relay on node-a calls the counter on node-b.
+    let mut relay = String::new();
+    for i in 0..100 {
+        relay = format!("relay/r{i}");
+        if client.locate("node-a", &relay).await == "node-a" {
+            break;
+        }
+    }
+    assert_eq!(client.locate("node-a", &relay).await, "node-a");
+    let msg = json!({"to": counter, "msg": {"get": {}}});
+    ok(client.call(Some("node-a"), &relay, msg).await);
+    let entered = json_lines(&a.log_text())
+        .into_iter()
+        .find(|l| {
+            field(l, "message").as_deref() == Some("gateway call")
+                && field(l, "agent").as_deref() == Some(relay.as_str())
+        })
+        .expect("node-a logged the relay call");
+    let trace = field(&entered, "trace").unwrap();
+    wait_until(
+        "node-b to log the relayed call",
+        Duration::from_secs(5),
+        || {
+            let lines = json_lines(&b.log_text());
+            let trace = trace.clone();
+            async move {
+                lines
+                    .iter()
+                    .any(|l| {
+                        field(l, "message").as_deref() == Some("call received")
+                            && field(l, "trace").as_deref() == Some(trace.as_str())
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}

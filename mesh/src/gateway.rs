@@ -297,8 +297,10 @@ pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
         Ok(p) => p,
         Err(e) => return e.into(),
     };
+    let trace = crate::trace::fresh();
+    debug!(trace = %crate::trace::show(trace), agent = %to, "gateway call");
     if request.cast {
-        return match shared.cast(to, payload) {
+        return match crate::trace::scope(trace, async { shared.cast(to, payload) }).await {
             Ok(()) => Response::Ok(serde_json::Value::Null),
             Err(e) => e.into(),
         };
@@ -306,7 +308,7 @@ pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
     let timeout = request
         .timeout_ms
         .map_or(shared.config.call_timeout, Duration::from_millis);
-    match shared.call(to.clone(), payload, timeout).await {
+    match crate::trace::scope(trace, shared.call(to.clone(), payload, timeout)).await {
         Ok(reply) => match kind.reply_to_json(&to, &reply) {
             Ok(json) => Response::Ok(json),
             Err(e) => e.into(),

@@ -38,6 +38,7 @@ pub mod state;
 pub mod storage;
 pub mod subjects;
 pub mod supervision;
+mod trace;
 pub mod wire;
 
 pub use config::{Config, ConfigError, NodeArgs};

@@ -263,6 +263,7 @@ impl Shared {
                     reply,
                     hops,
                     timeout,
+                    trace: crate::trace::current(),
                 });
                 None
             }
@@ -294,6 +295,7 @@ impl Shared {
             reply,
             hops,
             timeout,
+            trace,
         } = delivery;
         if hops >= MAX_HOPS {
             let agent = to.to_string();
@@ -303,9 +305,8 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + timeout;
-            let result = shared
-                .call_once(to, payload, deadline, Some((node, hops + 1)))
-                .await;
+            let forwarded = shared.call_once(to, payload, deadline, Some((node, hops + 1)));
+            let result = crate::trace::scope(trace, forwarded).await;
             reply.send(result);
         });
     }
@@ -321,12 +322,15 @@ impl Shared {
     ) -> Result<u64, CallError> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let agent = to.to_string();
+        let trace = crate::trace::current();
+        debug!(trace = %crate::trace::show(trace), agent = %agent, peer = %node, "call sent");
         let frame = Frame::Call {
             id,
             from: self.config.name.clone(),
             to,
             timeout_ms: timeout.as_millis() as u64,
             hops,
+            trace,
             payload,
         };
         self.pending.lock().expect("pending lock").insert(
@@ -371,6 +375,7 @@ impl Shared {
             reply,
             hops: 0,
             timeout: self.config.call_timeout,
+            trace: crate::trace::current(),
         });
     }
 
@@ -436,8 +441,15 @@ impl Shared {
                 payload,
                 hops,
                 timeout_ms,
+                trace,
             } => {
                 self.stats.calls_in.inc();
+                debug!(
+                    trace = %crate::trace::show(trace),
+                    agent = %to,
+                    peer = %from,
+                    "call received"
+                );
                 let reply = ReplySlot::new(ReplyTo::Remote { node: from, id }, self.strong());
                 self.deliver(Delivery {
                     to,
@@ -445,6 +457,7 @@ impl Shared {
                     reply,
                     hops,
                     timeout: Duration::from_millis(timeout_ms),
+                    trace,
                 });
             }
             Frame::Cast { to, payload } => self.cast_here(to, payload),

@@ -102,6 +102,8 @@ pub(crate) struct Delivery {
     pub(crate) hops: u8,
     /// How long its caller waits (for forwarding).
     pub(crate) timeout: Duration,
+    /// The trace it belongs to.
+    pub(crate) trace: u64,
 }
 
 impl ractor::Message for Delivery {}
@@ -237,9 +239,9 @@ impl AgentState {
                 return Err((Some(delivery), Mode::Refusing(error)));
             }
         }
-        let handled = AssertUnwindSafe(live.instance.handle(&self.ctx, &delivery.payload))
-            .catch_unwind()
-            .await;
+        let handling = live.instance.handle(&self.ctx, &delivery.payload);
+        let handled =
+            crate::trace::scope(delivery.trace, AssertUnwindSafe(handling).catch_unwind()).await;
         let outcome = match handled {
             Ok(outcome) => outcome,
             Err(panic) => {

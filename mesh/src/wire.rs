@@ -55,6 +55,9 @@ pub enum Frame {
         /// How many times the call was forwarded already (ownership moved
         /// while it travelled); bounded so a call never circles.
         hops: u8,
+        /// The trace the call belongs to, so one request can be followed
+        /// through every node's log.
+        trace: u64,
         /// The encoded agent message.
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
@@ -192,6 +195,7 @@ mod tests {
             to: "counter/x".parse().unwrap(),
             timeout_ms: 1000,
             hops: 0,
+            trace: 7,
             payload: vec![1, 2, 3],
         };
         let bytes = encode(1, &frame).unwrap();
