@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{meshctl, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+use support::{counter_value, meshctl_ok, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
 
 /// A node spec with a data directory (and snapshot folder) that outlive it.
 fn durable_spec(cluster: &str, name: &str, zone: &str, root: &Path) -> NodeSpec {
@@ -27,12 +27,6 @@ fn durable_spec(cluster: &str, name: &str, zone: &str, root: &Path) -> NodeSpec 
 
 /// How long an agent of a dead node may take to come back elsewhere.
 const FAILOVER: Duration = Duration::from_secs(15);
-
-async fn value(client: &Client, node: &str, agent: &str) -> i64 {
-    let get = json!({"get": {}});
-    let reply = client.call_until_ok(Some(node), agent, get, FAILOVER).await;
-    reply["value"].as_i64().expect("a counter value")
-}
 
 #[tokio::test]
 async fn acknowledged_increments_survive_kill_9_of_the_node() {
@@ -85,7 +79,7 @@ async fn acknowledged_increments_survive_kill_9_of_the_node() {
     let node = MeshNode::start(&nats, spec);
     client.converged(&[&node]).await;
     for i in 0..4 {
-        let got = value(&client, "node-0", &format!("counter/k{i}")).await as u64;
+        let got = counter_value(&client, "node-0", &format!("counter/k{i}")).await as u64;
         let (acked, sent) = (
             acked[i].load(Ordering::SeqCst),
             sent[i].load(Ordering::SeqCst),
@@ -134,7 +128,7 @@ async fn replicated_state_survives_losing_the_host_and_its_disk() {
     })
     .await;
 
-    assert_eq!(value(&client, "node-b", &agent).await, 25);
+    assert_eq!(counter_value(&client, "node-b", &agent).await, 25);
     assert!(client.agents("node-b").await.contains(&agent));
     let log = b.log_text();
     assert!(
@@ -160,12 +154,7 @@ async fn a_wiped_node_restores_from_its_snapshot_and_others_restore_single_agent
             )
             .await);
     }
-    let out = meshctl(&nats.url(), "snap", &["snapshot", "--node", "node-a"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = meshctl_ok(&nats.url(), "snap", &["snapshot", "--node", "node-a"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("10 agents"));
 
     // Wipe the node's disk (its snapshots live elsewhere) and restart it.
@@ -176,7 +165,7 @@ async fn a_wiped_node_restores_from_its_snapshot_and_others_restore_single_agent
     client.converged(&[&a]).await;
     for i in 0..10 {
         assert_eq!(
-            value(&client, "node-a", &format!("counter/s{i}")).await,
+            counter_value(&client, "node-a", &format!("counter/s{i}")).await,
             i + 1
         );
     }
@@ -196,24 +185,19 @@ async fn a_wiped_node_restores_from_its_snapshot_and_others_restore_single_agent
         (names == ["node-b"]).then_some(())
     })
     .await;
-    assert_eq!(value(&client, "node-b", "counter/s3").await, 4);
+    assert_eq!(counter_value(&client, "node-b", "counter/s3").await, 4);
 
     // Point in time: change it, then restore just that agent.
     ok(client
         .call(Some("node-b"), "counter/s3", json!({"add": 100}))
         .await);
-    let out = meshctl(
+    let out = meshctl_ok(
         &nats.url(),
         "snap",
         &["restore", "--agent", "counter/s3", "--from", "node-a"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("restored 1 agents on node-b"));
-    assert_eq!(value(&client, "node-b", "counter/s3").await, 4);
+    assert_eq!(counter_value(&client, "node-b", "counter/s3").await, 4);
 
     // Restores in a row (the whole node, then one agent) leave the agent
     // writable: a restore never fences the agent's next activation.
@@ -221,12 +205,7 @@ async fn a_wiped_node_restores_from_its_snapshot_and_others_restore_single_agent
         &["restore", "--node", "node-b", "--from", "node-a"][..],
         &["restore", "--agent", "counter/s3", "--from", "node-a"][..],
     ] {
-        let out = meshctl(&nats.url(), "snap", args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        meshctl_ok(&nats.url(), "snap", args);
     }
     let reply = ok(client
         .call(Some("node-b"), "counter/s3", json!({"add": 1}))
@@ -262,16 +241,11 @@ async fn an_agent_failing_back_prefers_a_newer_snapshot_to_its_old_copy_on_disk(
             .await;
     }
     assert_eq!(
-        value(&client, "node-b", "counter/fb").await,
+        counter_value(&client, "node-b", "counter/fb").await,
         5,
         "no snapshot of node-a yet"
     );
-    let out = meshctl(&nats.url(), "back", &["snapshot", "--node", "node-b"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    meshctl_ok(&nats.url(), "back", &["snapshot", "--node", "node-b"]);
 
     // node-a returns, node-b dies: the counter fails back to node-a, whose
     // disk holds the older 3; node-b's snapshot holds the newer 5.
@@ -279,5 +253,5 @@ async fn an_agent_failing_back_prefers_a_newer_snapshot_to_its_old_copy_on_disk(
     client.converged(&[&a, &b]).await;
     b.signal(libc::SIGKILL);
     drop(b);
-    assert_eq!(value(&client, "node-a", "counter/fb").await, 5);
+    assert_eq!(counter_value(&client, "node-a", "counter/fb").await, 5);
 }

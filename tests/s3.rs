@@ -16,7 +16,9 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use s3_support::SeaweedS3;
 use serde_json::json;
-use support::{meshctl, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+use support::{
+    counter_value, meshctl, meshctl_ok, ok, wait_until, Client, MeshNode, Nats, NodeSpec,
+};
 
 /// A node whose snapshots go to `s3`, with a data directory under `root`.
 fn s3_spec(cluster: &str, name: &str, root: &Path, s3: &SeaweedS3) -> NodeSpec {
@@ -46,14 +48,6 @@ fn bucket(s3: &SeaweedS3) -> impl ObjectStore {
         .with_virtual_hosted_style_request(false)
         .build()
         .unwrap()
-}
-
-async fn value(client: &Client, node: &str, agent: &str) -> i64 {
-    let get = json!({"get": {}});
-    let reply = client
-        .call_until_ok(Some(node), agent, get, Duration::from_secs(15))
-        .await;
-    reply["value"].as_i64().expect("a counter value")
 }
 
 fn snapshot(nats: &Nats, cluster: &str, node: &str) -> String {
@@ -97,7 +91,10 @@ async fn a_node_wiped_after_an_s3_snapshot_comes_back_and_peers_restore_single_a
     let a = MeshNode::start(&nats, spec_a);
     client.converged(&[&a]).await;
     for i in 0..20 {
-        assert_eq!(value(&client, "node-a", &format!("counter/w{i}")).await, i);
+        assert_eq!(
+            counter_value(&client, "node-a", &format!("counter/w{i}")).await,
+            i
+        );
     }
 
     // Point in time: counter/w7 moves on, then is restored, where it lives,
@@ -108,14 +105,9 @@ async fn a_node_wiped_after_an_s3_snapshot_comes_back_and_peers_restore_single_a
     ok(client.call(Some("node-a"), "counter/w7", add).await);
     snapshot(&nats, "s3wipe", "node-a");
     let args = ["restore", "--agent", "counter/w7", "--snapshot", &id];
-    let out = meshctl(&nats.url(), "s3wipe", &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = meshctl_ok(&nats.url(), "s3wipe", &args);
     assert!(String::from_utf8_lossy(&out.stdout).contains("on node-a"));
-    assert_eq!(value(&client, "node-b", "counter/w7").await, 7);
+    assert_eq!(counter_value(&client, "node-b", "counter/w7").await, 7);
 
     // A node that never hosted counter/w3 restores it, with one ranged read
     // of node-a's newest snapshot, once node-a is gone.
@@ -126,17 +118,12 @@ async fn a_node_wiped_after_an_s3_snapshot_comes_back_and_peers_restore_single_a
         (names == ["node-b"]).then_some(())
     })
     .await;
-    assert_eq!(value(&client, "node-b", "counter/w3").await, 3);
+    assert_eq!(counter_value(&client, "node-b", "counter/w3").await, 3);
     assert!(b.log_text().contains("agent=counter/w3"));
-    let out = meshctl(
+    let out = meshctl_ok(
         &nats.url(),
         "s3wipe",
         &["snapshots", "list", "--node", "node-a", "--json"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(list.iter().any(|s| s["id"] == id.as_str()), "{list:?}");
@@ -182,7 +169,7 @@ async fn a_corrupt_newest_snapshot_in_s3_is_skipped_with_its_key() {
     let a = MeshNode::start(&nats, spec);
     client.converged(&[&a]).await;
     assert_eq!(
-        value(&client, "node-a", "counter/x").await,
+        counter_value(&client, "node-a", "counter/x").await,
         1,
         "the older snapshot was used"
     );

@@ -608,6 +608,26 @@ pub fn error_code(response: Response) -> String {
     }
 }
 
+/// Runs `meshctl` like [`meshctl`] and asserts it succeeded.
+pub fn meshctl_ok(nats_url: &str, cluster: &str, args: &[&str]) -> Output {
+    let out = meshctl(nats_url, cluster, args);
+    assert!(
+        out.status.success(),
+        "meshctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A counter's value through `node`, waiting out a failover.
+pub async fn counter_value(client: &Client, node: &str, agent: &str) -> i64 {
+    let get = serde_json::json!({"get": {}});
+    let reply = client
+        .call_until_ok(Some(node), agent, get, Duration::from_secs(15))
+        .await;
+    reply["value"].as_i64().expect("a counter value")
+}
+
 /// Runs `meshctl` with `args` against `nats` and returns its output.
 pub fn meshctl(nats_url: &str, cluster: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meshctl"))

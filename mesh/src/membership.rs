@@ -66,6 +66,16 @@ pub enum Status {
     Suspect,
 }
 
+impl Status {
+    /// The word used in JSON, tables and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Suspect => "suspect",
+        }
+    }
+}
+
 /// Why a member left the view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaveReason {

@@ -167,20 +167,25 @@ impl Shared {
         let mut candidates: Vec<&str> = Vec::with_capacity(links.len() + 1);
         candidates.push(&self.config.name);
         candidates.extend(links.keys().map(String::as_str));
-        // An agent whose owner is gone moves as near to it as possible.
-        let members = self.members.read().expect("members lock");
-        let zone_of = |node: &&str| -> String {
-            if *node == self.config.name {
-                return self.config.zone.clone();
+        let chosen = match lost_from {
+            // An agent whose owner is gone moves as near to it as possible;
+            // only this rare path needs the members' zones.
+            Some(lost) => {
+                let members = self.members.read().expect("members lock");
+                let zone_of = |node: &&str| -> String {
+                    if *node == self.config.name {
+                        return self.config.zone.clone();
+                    }
+                    members
+                        .get(node)
+                        .map(|m| m.info.zone.clone())
+                        .unwrap_or_default()
+                };
+                match members.get(&lost) {
+                    Some(m) => topology::place_near(&key, &candidates, &m.info.zone, zone_of),
+                    None => topology::place(&key, &candidates),
+                }
             }
-            members
-                .get(node)
-                .map(|m| m.info.zone.clone())
-                .unwrap_or_default()
-        };
-        let origin = lost_from.and_then(|node| members.get(&node).map(|m| m.info.zone.clone()));
-        let chosen = match origin {
-            Some(origin) => topology::place_near(&key, &candidates, &origin, zone_of),
             None => topology::place(&key, &candidates),
         };
         match chosen {
@@ -509,10 +514,7 @@ impl Shared {
         {
             let view = self.members.read().expect("members lock");
             for member in view.iter() {
-                let state = serde_json::to_value(view.status(member, now))
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
+                let state = view.status(member, now).as_str().to_owned();
                 *members
                     .entry((member.info.zone.clone(), state))
                     .or_default() += 1;

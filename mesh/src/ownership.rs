@@ -146,6 +146,12 @@ impl LeaseClock {
         self.renewed_ms.fetch_max(at, Ordering::AcqRel);
     }
 
+    /// How long a peer's lease must look unchanged before it counts as
+    /// expired: the lease plus the margin.
+    pub fn expiry(&self) -> Duration {
+        self.lease + self.margin
+    }
+
     /// Gives the lease up.
     pub fn lapse(&self) {
         self.renewed_ms.store(0, Ordering::Release);
@@ -176,8 +182,6 @@ pub struct Ownership {
     bucket: kv::Store,
     me: String,
     incarnation: u64,
-    lease: Duration,
-    margin: Duration,
     clock: LeaseClock,
     peers: Mutex<HashMap<String, PeerLease>>,
     owners: Mutex<HashMap<String, Owner>>,
@@ -207,8 +211,6 @@ impl Ownership {
             bucket,
             me: me.to_owned(),
             incarnation,
-            lease,
-            margin: lease.mul_f64(LEASE_MARGIN),
             clock: LeaseClock::new(lease, lease.mul_f64(LEASE_MARGIN)),
             peers: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
@@ -264,12 +266,12 @@ impl Ownership {
     /// break, to tell an expired lease from a renewal it missed.
     fn can_judge(&self) -> bool {
         let since = *self.watching_since.lock().expect("watch lock");
-        since.is_some_and(|t| t.elapsed() > self.lease + self.margin)
+        since.is_some_and(|t| t.elapsed() > self.clock.expiry())
     }
 
     /// Whether the lease of `peer`, as last seen, has expired.
     fn expired(&self, peer: &PeerLease) -> bool {
-        self.can_judge() && peer.changed.elapsed() > self.lease + self.margin
+        self.can_judge() && peer.changed.elapsed() > self.clock.expiry()
     }
 
     /// Whether `node` holds a lease that has not expired, as seen here.
@@ -498,7 +500,7 @@ impl Ownership {
 /// Renews this node's lease until `stop` fires; logs when it lapses.
 pub(crate) async fn renew_forever(ownership: Arc<Ownership>) {
     let mut revision = None;
-    let period = ownership.lease / 4;
+    let period = ownership.clock.lease / 4;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_valid = true;
@@ -531,8 +533,10 @@ pub(crate) async fn watch_forever(ownership: Arc<Ownership>, nats: async_nats::C
     loop {
         // Creating a watch needs the stream's leader, which a JetStream
         // cluster may be electing: bound the wait and try again.
-        let created =
-            tokio::time::timeout(ownership.lease, ownership.bucket.watch_with_history(">"));
+        let created = tokio::time::timeout(
+            ownership.clock.lease,
+            ownership.bucket.watch_with_history(">"),
+        );
         let mut watch = match created.await {
             Ok(Ok(watch)) => watch,
             Ok(Err(e)) => {
@@ -562,7 +566,7 @@ pub(crate) async fn watch_forever(ownership: Arc<Ownership>, nats: async_nats::C
                         nats.connection_state() == async_nats::connection::State::Connected;
                     // Leases change every lease / 4: a silent watch is a
                     // broken one.
-                    let silent = last_event.elapsed() > ownership.lease * 2;
+                    let silent = last_event.elapsed() > ownership.clock.lease * 2;
                     if !connected {
                         ownership.forgive();
                     }

@@ -539,7 +539,7 @@ async fn activate_and_deliver(
     // Another message may have activated the agent while this one queued.
     if let Some(actor) = shared.directory.live(&delivery.to) {
         if let Err(e) = actor.send_message(delivery) {
-            retry_delivery(shared, e);
+            retry_delivery(e);
         }
         return;
     }
@@ -564,7 +564,7 @@ async fn activate_and_deliver(
         Ok((actor, _)) => {
             shared.directory.insert(delivery.to.clone(), actor.clone());
             if let Err(e) = actor.send_message(delivery) {
-                retry_delivery(shared, e);
+                retry_delivery(e);
             }
         }
         Err(e) => {
@@ -575,7 +575,7 @@ async fn activate_and_deliver(
 }
 
 /// A delivery bounced off an agent that stopped meanwhile: answer the caller.
-fn retry_delivery(_: &Arc<Shared>, error: ractor::MessagingErr<Delivery>) {
+fn retry_delivery(error: ractor::MessagingErr<Delivery>) {
     if let ractor::MessagingErr::SendErr(delivery) = error {
         debug!(agent = %delivery.to, "agent stopped before the message arrived");
         let agent = delivery.to.to_string();

@@ -20,6 +20,12 @@ async fn store_with(dir: &std::path::Path, agents: u64) -> Store {
     store
 }
 
+/// The ids of node n1's complete snapshots, newest first.
+async fn snapshot_ids(snapshots: &Snapshots) -> Vec<String> {
+    let list = snapshots.list("n1").await.unwrap();
+    list.into_iter().map(|m| m.id).collect()
+}
+
 fn snapshots() -> (Arc<InMemory>, Snapshots) {
     let memory = Arc::new(InMemory::new());
     let snapshots = Snapshots::new(memory.clone(), "test", "memory");
@@ -61,13 +67,7 @@ async fn a_folder_without_manifest_is_not_a_snapshot_and_is_pruned() {
         .put(&partial, PutPayload::from(vec![1, 2, 3]))
         .await
         .unwrap();
-    let listed: Vec<String> = snapshots
-        .list("n1")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let listed = snapshot_ids(&snapshots).await;
     assert_eq!(listed, vec![good.id.clone()]);
 
     let newer = snapshots.take("n1", &store).await.unwrap();
@@ -77,13 +77,7 @@ async fn a_folder_without_manifest_is_not_a_snapshot_and_is_pruned() {
     let removed = snapshots.prune("n1", 1, None, &newer.id).await.unwrap();
     assert_eq!(removed, 1, "the older snapshot");
     assert!(memory.get(&partial).await.is_err());
-    let listed: Vec<String> = snapshots
-        .list("n1")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let listed = snapshot_ids(&snapshots).await;
     assert_eq!(listed, vec![newer.id]);
 }
 
