@@ -33,6 +33,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a link may stay silent (no answer to pings) before it is cut.
 pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a durable agent may go without a message before it is
+/// passivated (stopped, its state left in storage).
+pub const DEFAULT_PASSIVATE_AFTER: Duration = Duration::from_secs(600);
 /// How long a node's ownership lease lasts without renewal.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(1);
 /// How often a node snapshots its agents' state.
@@ -150,6 +153,10 @@ pub struct NodeArgs {
     /// How long a link may go without answering pings before it is cut.
     #[arg(long, env = "MESH_LINK_TIMEOUT", value_name = "DURATION")]
     pub link_timeout: Option<String>,
+    /// Idle time after which a durable agent is passivated, or `off`
+    /// [default: 10m].
+    #[arg(long, env = "MESH_PASSIVATE_AFTER", value_name = "DURATION")]
+    pub passivate_after: Option<String>,
     /// Address serving /metrics, /healthz and /readyz [default: none].
     #[arg(long, env = "MESH_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -185,6 +192,7 @@ struct FileConfig {
     snapshot_max_age: Option<String>,
     lease: Option<String>,
     link_timeout: Option<String>,
+    passivate_after: Option<String>,
     kv_replicas: Option<usize>,
     metrics_listen: Option<String>,
 }
@@ -232,6 +240,8 @@ pub struct Config {
     pub lease: Duration,
     /// How long a link may go without answering pings.
     pub link_timeout: Duration,
+    /// Idle time after which a durable agent is passivated; `None`: never.
+    pub passivate_after: Option<Duration>,
     /// JetStream replicas of the mesh's buckets.
     pub kv_replicas: usize,
     /// Where /metrics, /healthz and /readyz are served, if anywhere.
@@ -422,6 +432,10 @@ impl Config {
         let lease = duration("lease", text(args.lease, file.lease))?.unwrap_or(DEFAULT_LEASE);
         let link_timeout = duration("link_timeout", text(args.link_timeout, file.link_timeout))?
             .unwrap_or(DEFAULT_LINK_TIMEOUT);
+        let passivate_after = match text(args.passivate_after, file.passivate_after) {
+            Some(off) if off == "off" => None,
+            given => Some(duration("passivate_after", given)?.unwrap_or(DEFAULT_PASSIVATE_AFTER)),
+        };
         let kv_replicas = args.kv_replicas.or(file.kv_replicas).unwrap_or(1);
         let metrics_listen = text(args.metrics_listen, file.metrics_listen)
             .map(|a| parse_addr("metrics_listen", &a))
@@ -462,6 +476,7 @@ impl Config {
             snapshot_max_age,
             lease,
             link_timeout,
+            passivate_after,
             kv_replicas,
             metrics_listen,
         })

@@ -36,6 +36,8 @@ pub struct Stats {
     pub failovers: Counter,
     /// Agents that crashed.
     pub agent_crashes: Counter,
+    /// Idle agents stopped with their state left in storage.
+    pub passivations: Counter,
     /// Links up now.
     pub links_up: Gauge,
     /// Gateway requests served.
@@ -65,6 +67,7 @@ impl Default for Stats {
             activations: Counter::default(),
             failovers: Counter::default(),
             agent_crashes: Counter::default(),
+            passivations: Counter::default(),
             links_up: Gauge::default(),
             gateway_requests: Counter::default(),
             gateway_errors: Counter::default(),
@@ -120,6 +123,11 @@ impl Stats {
                 &self.failovers,
             ),
             ("agent_crashes", "Agents that crashed", &self.agent_crashes),
+            (
+                "passivations",
+                "Idle agents stopped, state left in storage",
+                &self.passivations,
+            ),
             (
                 "gateway_requests",
                 "Gateway requests served",
@@ -211,6 +219,7 @@ impl Stats {
             calls_out: self.calls_out.get(),
             activations: self.activations.get(),
             agent_crashes: self.agent_crashes.get(),
+            passivations: self.passivations.get(),
             links_up: self.links_up.get(),
             gateway_requests: self.gateway_requests.get(),
             gateway_errors: self.gateway_errors.get(),
@@ -234,6 +243,9 @@ pub struct StatsSnapshot {
     pub activations: u64,
     /// Agents that crashed.
     pub agent_crashes: u64,
+    /// Idle agents passivated (absent from older nodes' answers).
+    #[serde(default)]
+    pub passivations: u64,
     /// Links up now.
     pub links_up: i64,
     /// Gateway requests served.

@@ -108,6 +108,20 @@ impl Caller for NodeCaller {
     }
 }
 
+/// Runs `f` with `id` as text (the placement key), written into a reused
+/// buffer: placement runs for every message to an agent not live here.
+fn with_placement_key<R>(id: &AgentId, f: impl FnOnce(&str) -> R) -> R {
+    use std::fmt::Write as _;
+    thread_local! {
+        static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    KEY.with_borrow_mut(|key| {
+        key.clear();
+        let _ = write!(key, "{id}");
+        f(key)
+    })
+}
+
 fn stopping(to: &AgentId) -> CallError {
     CallError::Unavailable {
         agent: to.to_string(),
@@ -147,7 +161,7 @@ impl Shared {
     /// owner if that node is alive and linked, else where placement puts it
     /// among this node and the peers it has a link to.
     pub(crate) fn locate(&self, id: &AgentId) -> Location {
-        if self.directory.live(id).is_some() {
+        if self.directory.is_live(id) {
             return Location::Local;
         }
         let links = self.links.read().expect("link table lock");
@@ -163,35 +177,36 @@ impl Shared {
                 lost_from = Some(owner.node);
             }
         }
-        let key = id.to_string();
-        let mut candidates: Vec<&str> = Vec::with_capacity(links.len() + 1);
-        candidates.push(&self.config.name);
-        candidates.extend(links.keys().map(String::as_str));
-        let chosen = match lost_from {
-            // An agent whose owner is gone moves as near to it as possible;
-            // only this rare path needs the members' zones.
-            Some(lost) => {
-                let members = self.members.read().expect("members lock");
-                let zone_of = |node: &&str| -> String {
-                    if *node == self.config.name {
-                        return self.config.zone.clone();
+        with_placement_key(id, |key| {
+            let mut candidates: Vec<&str> = Vec::with_capacity(links.len() + 1);
+            candidates.push(&self.config.name);
+            candidates.extend(links.keys().map(String::as_str));
+            let chosen = match lost_from {
+                // An agent whose owner is gone moves as near to it as
+                // possible; only this rare path needs the members' zones.
+                Some(lost) => {
+                    let members = self.members.read().expect("members lock");
+                    let zone_of = |node: &&str| -> String {
+                        if *node == self.config.name {
+                            return self.config.zone.clone();
+                        }
+                        members
+                            .get(node)
+                            .map(|m| m.info.zone.clone())
+                            .unwrap_or_default()
+                    };
+                    match members.get(&lost) {
+                        Some(m) => topology::place_near(key, &candidates, &m.info.zone, zone_of),
+                        None => topology::place(key, &candidates),
                     }
-                    members
-                        .get(node)
-                        .map(|m| m.info.zone.clone())
-                        .unwrap_or_default()
-                };
-                match members.get(&lost) {
-                    Some(m) => topology::place_near(&key, &candidates, &m.info.zone, zone_of),
-                    None => topology::place(&key, &candidates),
                 }
+                None => topology::place(key, &candidates),
+            };
+            match chosen {
+                Some(node) if *node != self.config.name => Location::Remote((*node).to_owned()),
+                _ => Location::Local,
             }
-            None => topology::place(&key, &candidates),
-        };
-        match chosen {
-            Some(node) if *node != self.config.name => Location::Remote((*node).to_owned()),
-            _ => Location::Local,
-        }
+        })
     }
 
     fn check_size(&self, payload: &[u8]) -> Result<(), CallError> {
@@ -815,6 +830,10 @@ impl Node {
         let discovery = discovery::spawn(shared.clone(), nats.clone()).await?;
         let snapshotter = tokio::spawn(periodic_snapshots(shared.clone()));
         let mut background = vec![snapshotter];
+        if let Some(after) = shared.config.passivate_after {
+            let sweeper = crate::supervision::passivate_idle(shared.clone(), after);
+            background.push(tokio::spawn(sweeper));
+        }
         if let Some(addr) = shared.config.metrics_listen {
             background.push(crate::health::spawn(shared.clone(), nats.clone(), addr).await?);
         }

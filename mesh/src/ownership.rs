@@ -192,8 +192,11 @@ pub struct Ownership {
     watching_since: Mutex<Option<Instant>>,
 }
 
+/// What every agent's key in the ownership bucket starts with.
+const AGENT_PREFIX: &str = "agent.";
+
 fn agent_key(id: &AgentId) -> String {
-    format!("agent.{}", bucket_key(id))
+    format!("{AGENT_PREFIX}{}", bucket_key(id))
 }
 
 impl Ownership {
@@ -285,11 +288,22 @@ impl Ownership {
 
     /// The owner of `id` as last seen through the watch.
     pub fn cached_owner(&self, id: &AgentId) -> Option<Owner> {
-        self.owners
-            .lock()
-            .expect("owners lock")
-            .get(&agent_key(id))
-            .cloned()
+        // Every routed message asks: build the key in a reused buffer.
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const {
+                std::cell::RefCell::new(String::new())
+            };
+        }
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            key.push_str(AGENT_PREFIX);
+            crate::state::push_bucket_key(id, key);
+            self.owners
+                .lock()
+                .expect("owners lock")
+                .get(key.as_str())
+                .cloned()
+        })
     }
 
     /// Whether `owner` is certainly gone: its lease expired, was released,

@@ -37,6 +37,13 @@ pub fn bucket_name(cluster: &str) -> String {
 /// not allow written as `=XX`.
 pub fn bucket_key(id: &AgentId) -> String {
     let mut key = String::with_capacity(id.kind().len() + id.name().len() + 1);
+    push_bucket_key(id, &mut key);
+    key
+}
+
+/// Appends [`bucket_key`] of `id` to `key`, allocating only if it must grow.
+pub fn push_bucket_key(id: &AgentId, key: &mut String) {
+    use std::fmt::Write as _;
     for (i, part) in [id.kind(), id.name()].into_iter().enumerate() {
         if i > 0 {
             key.push('.');
@@ -45,11 +52,10 @@ pub fn bucket_key(id: &AgentId) -> String {
             if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
                 key.push(b as char);
             } else {
-                key.push_str(&format!("={b:02X}"));
+                let _ = write!(key, "={b:02X}");
             }
         }
     }
-    key
 }
 
 /// How many times opening a bucket is tried before giving up.

@@ -20,6 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use crate::directory::Idle;
 use crate::node::Shared;
 use crate::ownership::Refusal;
 use crate::state;
@@ -40,6 +41,10 @@ pub(crate) enum ReplyTo {
         /// Its call id.
         id: u64,
     },
+    /// Not a message: the agent was found idle, last looked up at this
+    /// time (see [`crate::directory::Directory::remove_if_idle`]), and
+    /// stops if it still is.
+    Passivate(u64),
 }
 
 /// Answers the caller exactly once, even if the handler panics.
@@ -56,6 +61,14 @@ impl ReplySlot {
             to: Some(to),
             agent: None,
             shared,
+        }
+    }
+
+    /// The last use the sweeper saw, if this slot marks a passivation.
+    fn passivation(&self) -> Option<u64> {
+        match self.to {
+            Some(ReplyTo::Passivate(touched_ms)) => Some(touched_ms),
+            _ => None,
         }
     }
 
@@ -81,7 +94,7 @@ impl Drop for ReplySlot {
 
 fn deliver_reply(shared: &Shared, to: ReplyTo, result: Result<Vec<u8>, CallError>) {
     match to {
-        ReplyTo::Nobody => {}
+        ReplyTo::Nobody | ReplyTo::Passivate(_) => {}
         ReplyTo::Local(tx) => {
             let _ = tx.send(result);
         }
@@ -135,6 +148,9 @@ enum Mode {
     /// The handler panicked: queued messages go back to the supervisor,
     /// which restarts the agent (after its backoff) and delivers them.
     Restarting,
+    /// Passivated while idle: its state is in storage; messages queued
+    /// meanwhile go back to the supervisor, which activates it again.
+    Passivated,
 }
 
 /// The agent's state, once loaded.
@@ -306,6 +322,10 @@ impl Actor for AgentActor {
         mut delivery: Delivery,
         state: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(touched_ms) = delivery.reply.passivation() {
+            state.passivate(&myself, touched_ms);
+            return Ok(());
+        }
         delivery.reply.agent = Some(delivery.to.clone());
         if let Mode::Idle = state.mode {
             let (shared, id, kind) = (state.shared.clone(), state.id.clone(), state.kind.clone());
@@ -338,9 +358,31 @@ impl AgentState {
         match &self.mode {
             Mode::Forwarding(node) => self.shared.forward(delivery, node.clone()),
             Mode::Refusing(error) => delivery.reply.send(Err(error.clone())),
-            Mode::Restarting => self.shared.deliver(delivery),
+            Mode::Restarting | Mode::Passivated => self.shared.deliver(delivery),
             Mode::Idle | Mode::Serving(_) => unreachable!("only called when winding down"),
         }
+    }
+
+    /// Stops the agent if nothing used it since `touched_ms`: it leaves the
+    /// directory at once, and messages already queued reactivate it.
+    ///
+    /// Its ownership is kept, so the next message brings it back on this
+    /// node, where its durable state is.
+    fn passivate(&mut self, myself: &ActorRef<Delivery>, touched_ms: u64) {
+        if !matches!(self.mode, Mode::Idle | Mode::Serving(_)) {
+            return;
+        }
+        if !self
+            .shared
+            .directory
+            .remove_if_idle(myself.get_id(), touched_ms)
+        {
+            return;
+        }
+        self.shared.stats.passivations.inc();
+        debug!(agent = %self.id, "agent passivated");
+        self.mode = Mode::Passivated;
+        let _ = myself.drain();
     }
 }
 
@@ -585,3 +627,43 @@ fn retry_delivery(error: ractor::MessagingErr<Delivery>) {
         }));
     }
 }
+
+/// Passivates durable agents idle for `after` or longer, every quarter of
+/// `after`, until the node stops. An agent of a `memory` kind is never
+/// passivated: its state would be lost.
+pub(crate) async fn passivate_idle(shared: Arc<Shared>, after: Duration) {
+    let period = (after / 4).clamp(MIN_SWEEP, MAX_SWEEP);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for Idle {
+            id,
+            actor,
+            touched_ms,
+        } in shared.directory.idle(after)
+        {
+            let durable = shared
+                .registry
+                .kind_of(&id)
+                .is_ok_and(|k| k.durability() != actors::Durability::Memory);
+            if !durable {
+                continue;
+            }
+            let marker = Delivery {
+                to: AgentId::clone(&id),
+                payload: Vec::new(),
+                reply: ReplySlot::new(ReplyTo::Passivate(touched_ms), shared.clone()),
+                hops: 0,
+                timeout: Duration::ZERO,
+                trace: 0,
+            };
+            // An actor that stopped meanwhile needs no passivation.
+            let _ = actor.send_message(marker);
+        }
+    }
+}
+
+/// The shortest and longest pause between two looks for idle agents.
+const MIN_SWEEP: Duration = Duration::from_millis(10);
+const MAX_SWEEP: Duration = Duration::from_secs(30);
