@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{free_port, meshctl, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+use support::{free_port, meshctl, meshctl_ok, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
 
 /// GETs `path` from `port` on loopback: the status code and the body.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -318,4 +318,104 @@ async fn json_logs_follow_one_call_across_nodes_by_its_trace() {
         },
     )
     .await;
+}
+
+/// `meshctl status --json` against `urls`.
+fn status_json(urls: &str, cluster: &str) -> serde_json::Value {
+    let out = meshctl_ok(urls, cluster, &["status", "--json"]);
+    serde_json::from_slice(&out.stdout).expect("status prints JSON")
+}
+
+fn zone_state(report: &serde_json::Value, zone: &str) -> Option<String> {
+    let zones = report["zones"].as_array()?;
+    let found = zones.iter().find(|z| z["zone"] == zone)?;
+    found["state"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn status_shows_a_zone_whose_node_died_as_down() {
+    let nats = Nats::start().await;
+    let zones = [
+        ("node-a", "fr-par-1"),
+        ("node-b", "nl-ams-1"),
+        ("node-c", "pl-waw-1"),
+    ];
+    let mut nodes: Vec<MeshNode> = zones
+        .iter()
+        .map(|(name, zone)| MeshNode::start(&nats, NodeSpec::new("glance", name, zone)))
+        .collect();
+    let client = Client::connect(&nats, "glance").await;
+    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+    let mut on_c = String::new();
+    for i in 0..100 {
+        on_c = format!("counter/s{i}");
+        if client.locate("node-a", &on_c).await == "node-c" {
+            break;
+        }
+    }
+    ok(client.call(None, &on_c, json!({"add": 1})).await);
+    meshctl_ok(&nats.url(), "glance", &["snapshot", "--node", "node-c"]);
+
+    // All three zones are up, and the table says so.
+    let report = wait_until("every node in the roster", Duration::from_secs(15), || {
+        let report = status_json(&nats.url(), "glance");
+        async move {
+            let up = zones
+                .iter()
+                .all(|(_, z)| zone_state(&report, z).as_deref() == Some("up"));
+            up.then_some(report)
+        }
+    })
+    .await;
+    assert_eq!(report["warnings"], json!([]), "{report:#}");
+    let text = meshctl_ok(&nats.url(), "glance", &["status"]).stdout;
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("cluster glance: 3 zones, 3 nodes"), "{text}");
+    assert!(text.contains("no warnings"), "{text}");
+
+    // node-c dies with its zone; a second NATS URL points at nothing.
+    let mut c = nodes.pop().unwrap();
+    c.signal(libc::SIGKILL);
+    c.exited(Duration::from_secs(10)).await;
+    let dead_nats = format!("nats://127.0.0.1:{}", free_port());
+    let urls = format!("{},{dead_nats}", nats.url());
+    let report = wait_until("pl-waw-1 to be down", Duration::from_secs(15), || {
+        let report = status_json(&urls, "glance");
+        async move { (zone_state(&report, "pl-waw-1").as_deref() == Some("down")).then_some(report) }
+    })
+    .await;
+    let waw = &report["zones"].as_array().unwrap()[2];
+    assert_eq!(waw["nodes"][0]["name"], "node-c", "{report:#}");
+    assert!(
+        waw["nodes"][0]["snapshot_age_s"].as_u64().is_some(),
+        "{report:#}"
+    );
+    assert_eq!(zone_state(&report, "fr-par-1").as_deref(), Some("up"));
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("zone pl-waw-1 is down: none of its nodes answers"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("node node-c is"), "{warnings}");
+    assert!(
+        warnings.contains(&format!("NATS server {dead_nats} is unreachable")),
+        "{warnings}"
+    );
+
+    // The zone stays visible after node-c has left every member view.
+    wait_until(
+        "node-c to leave the view",
+        Duration::from_secs(15),
+        || async {
+            let members = client.members("node-a").await?;
+            members.iter().all(|m| m.name != "node-c").then_some(())
+        },
+    )
+    .await;
+    let report = status_json(&nats.url(), "glance");
+    assert_eq!(zone_state(&report, "pl-waw-1").as_deref(), Some("down"));
+    assert_eq!(
+        report["zones"][2]["nodes"][0]["state"], "down",
+        "{report:#}"
+    );
 }

@@ -57,6 +57,8 @@ pub enum AdminRequest {
     },
     /// The answering node's counters.
     Stats,
+    /// The answering node's health at a glance, for `meshctl status`.
+    Status,
     /// Take a snapshot of the answering node now.
     Snapshot,
     /// The complete snapshots of `node` (default: the answering node).
@@ -198,6 +200,31 @@ pub struct AgentsReply {
     /// it activates).
     #[serde(default)]
     pub epochs: Vec<u64>,
+}
+
+/// The answer to [`AdminRequest::Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The answering node.
+    pub node: String,
+    /// Its zone.
+    pub zone: String,
+    /// Its release.
+    pub software: String,
+    /// Seconds since it started.
+    pub uptime_s: u64,
+    /// How many agents are live on it.
+    pub agents: u64,
+    /// How many agents are past their restart limit.
+    pub failed: u64,
+    /// Whether its store holds records (an empty store needs no snapshot).
+    pub has_records: bool,
+    /// Seconds since its last snapshot, if it took one since it started.
+    pub snapshot_age_s: Option<u64>,
+    /// Its periodic snapshot interval, in seconds.
+    pub snapshot_interval_s: u64,
+    /// The readiness checks that fail, as `/readyz` names them.
+    pub not_ready: Vec<String>,
 }
 
 /// An agent that crashed past its restart limit.
@@ -361,6 +388,7 @@ pub(crate) async fn admin(shared: &Shared, nats: &async_nats::Client, body: &[u8
             let snapshot: StatsSnapshot = shared.stats.snapshot(shared.directory.len());
             serde_json::to_value(snapshot)
         }
+        AdminRequest::Status => serde_json::to_value(status(shared, nats)),
         AdminRequest::Snapshot => match shared.take_snapshot().await {
             Ok(m) => serde_json::to_value(SnapshotView::from(&m)),
             Err(e) => return Response::error("snapshot_failed", e.to_string()),
@@ -418,6 +446,30 @@ pub(crate) async fn admin(shared: &Shared, nats: &async_nats::Client, body: &[u8
         }
     };
     Response::Ok(value.expect("admin replies encode"))
+}
+
+fn status(shared: &Shared, nats: &async_nats::Client) -> NodeStatus {
+    let now_ms = crate::roster::now_ms();
+    let last = shared
+        .last_snapshot_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let connected = nats.connection_state() == async_nats::connection::State::Connected;
+    NodeStatus {
+        node: shared.config.name.clone(),
+        zone: shared.config.zone.clone(),
+        software: crate::SOFTWARE_VERSION.to_owned(),
+        uptime_s: now_ms.saturating_sub(shared.started_ms) / 1000,
+        agents: shared.directory.len() as u64,
+        failed: shared.directory.failed().len() as u64,
+        has_records: !shared.store.is_empty(),
+        snapshot_age_s: (last > 0).then(|| now_ms.saturating_sub(last) / 1000),
+        snapshot_interval_s: shared.config.snapshot_interval.as_secs(),
+        not_ready: shared
+            .readiness(connected)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    }
 }
 
 fn members(shared: &Shared) -> MembersReply {

@@ -14,9 +14,11 @@
 //! - [`state`]: where an agent's state is loaded from and saved to;
 //! - [`storage`]: the node's sled store, with group commit and fencing;
 //! - [`snapshot`]: records exported to object storage, and restore;
+//! - [`roster`]: every node that joined recently, for `meshctl status`;
 //! - [`gateway`]: JSON over NATS request/reply, the way in from outside;
 //! - [`subjects`]: every NATS subject in one place;
 //! - [`metrics`]: what a node counts about itself;
+//! - [`status`]: the cluster at a glance, for `meshctl status`;
 //! - [`health`]: `/metrics`, `/healthz` and `/readyz` over HTTP;
 //! - [`node`]: the parts put together, and how a message is routed.
 //!
@@ -33,8 +35,10 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod ownership;
+pub mod roster;
 pub mod snapshot;
 pub mod state;
+pub mod status;
 pub mod storage;
 pub mod subjects;
 pub mod supervision;

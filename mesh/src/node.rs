@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     /// Serializes snapshots and restores of this node.
     pub(crate) snapshot_lock: tokio::sync::Mutex<()>,
     pub(crate) last_snapshot_ms: AtomicU64,
+    /// Woken after each snapshot, so the roster shows it at once.
+    pub(crate) roster_wake: tokio::sync::Notify,
     /// Set once shutdown begins: no new activations.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// Set once the node has announced itself.
@@ -591,6 +593,7 @@ impl Shared {
             .observe(started.elapsed().as_secs_f64());
         self.last_snapshot_ms
             .store(manifest.created_ms, Ordering::Relaxed);
+        self.roster_wake.notify_one();
         let (keep, max_age) = (self.config.snapshot_keep, self.config.snapshot_max_age);
         if let Err(e) = self
             .snapshots
@@ -748,6 +751,8 @@ pub struct Node {
     discovery: discovery::Handle,
     gateway: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The roster bucket, marked at the end that this node left.
+    roster: Option<async_nats::jetstream::kv::Store>,
 }
 
 impl Node {
@@ -790,6 +795,13 @@ impl Node {
             // refuse to start rather than serve unsafely.
             Err(e) => return Err(e.context("single activation needs the ownership bucket")),
         };
+        let roster = match crate::roster::open(&nats, &config.cluster, config.kv_replicas).await {
+            Ok(roster) => Some(roster),
+            Err(e) => {
+                warn!(error = %e, "the roster is unavailable: meshctl status misses this node");
+                None
+            }
+        };
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let shared = Arc::new_cyclic(|me| Shared {
             members: RwLock::new(Membership::new(&config.name, config.member_timeout)),
@@ -809,6 +821,7 @@ impl Node {
             ownership,
             snapshot_lock: tokio::sync::Mutex::new(()),
             last_snapshot_ms: AtomicU64::new(0),
+            roster_wake: tokio::sync::Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             announced: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
@@ -845,6 +858,10 @@ impl Node {
             )));
             background.push(tokio::spawn(fence_when_lease_lapses(shared.clone())));
         }
+        if let Some(roster) = &roster {
+            let refresh = crate::roster::refresh_forever(roster.clone(), shared.clone());
+            background.push(tokio::spawn(refresh));
+        }
         info!(
             node = %shared.config.name,
             cluster = %shared.config.cluster,
@@ -861,6 +878,7 @@ impl Node {
             discovery,
             gateway,
             background,
+            roster,
         })
     }
 
@@ -906,6 +924,9 @@ impl Node {
         }
         for task in &self.background {
             task.abort();
+        }
+        if let Some(roster) = &self.roster {
+            crate::roster::write(roster, &self.shared, true).await;
         }
         self.supervisor.stop(None);
         let _ = self.shared.link_events.send(LinkEvent::Shutdown);

@@ -71,20 +71,29 @@ pub(crate) async fn open_kv(
     name: &str,
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
+    let config = kv::Config {
+        bucket: name.to_owned(),
+        history: 1,
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    open_kv_with(nats, config).await
+}
+
+/// Opens the bucket `config` names, or creates it with `config`.
+pub(crate) async fn open_kv_with(
+    nats: &async_nats::Client,
+    config: kv::Config,
+) -> anyhow::Result<kv::Store> {
     let js = async_nats::jetstream::new(nats.clone());
+    let name = config.bucket.clone();
     let mut last = String::new();
     for attempt in 1..=BUCKET_ATTEMPTS {
-        if let Ok(store) = js.get_key_value(name).await {
+        if let Ok(store) = js.get_key_value(&name).await {
             return Ok(store);
         }
-        let config = kv::Config {
-            bucket: name.to_owned(),
-            history: 1,
-            num_replicas: replicas,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        };
-        match js.create_key_value(config).await {
+        match js.create_key_value(config.clone()).await {
             Ok(store) => return Ok(store),
             Err(e) => {
                 last = e.to_string();

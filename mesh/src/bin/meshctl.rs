@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 use mesh::gateway::{AdminRequest, AgentsReply, CallRequest, MembersReply, Response, SnapshotView};
 use mesh::subjects;
 
+#[path = "meshctl/status.rs"]
+mod status;
+
 /// Talks to an agent mesh through NATS.
 ///
 /// Exit status: 0 success, 1 the mesh answered with an error, 2 bad
@@ -42,6 +45,9 @@ enum Command {
     Members,
     /// List which agents are live on which node.
     Agents,
+    /// Show the cluster at a glance: zones, nodes, agents, snapshot ages
+    /// and warnings.
+    Status,
     /// Send a JSON message to an agent and print its JSON reply.
     Call {
         /// The agent, as kind/name (for example counter/alice).
@@ -188,6 +194,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Members => ctl.members(cli.json).await,
         Command::Agents => ctl.agents(cli.json).await,
+        Command::Status => ctl.status(&cli.nats, cli.json).await,
         Command::Snapshot { node } => ctl.snapshot(node).await,
         Command::Completions { .. } => unreachable!("answered before connecting"),
         Command::Snapshots {
