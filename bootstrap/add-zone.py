@@ -116,6 +116,8 @@ def load_inventory(path, zones):
         where = f"host #{i} of {path}"
         if not isinstance(entry, dict):
             raise BadInput(f"{where} is not a table")
+        if isinstance(entry.get("name"), str):
+            where = f"host {entry['name']!r} of {path}"
         bad = set(entry) - HOST_KEYS
         if bad:
             raise BadInput(f"unknown key {sorted(bad)[0]!r} in {where} "
@@ -124,7 +126,6 @@ def load_inventory(path, zones):
             if not isinstance(entry.get(key), str):
                 raise BadInput(f"{where} has no {key}")
         name = entry["name"]
-        where = f"host {name!r} of {path}"
         if not TOKEN.match(name):
             raise BadInput(f"invalid host name {name!r} in {path}: use 1 to 63 of [A-Za-z0-9_-]")
         if name in names:
@@ -509,8 +510,10 @@ class Run:
                 stop_local(read_pid(layout.pid_file(service)), layout.marker(service))
             argv = (render.nats_command(layout) if service == "nats"
                     else render.node_command(layout, self.args.shutdown_timeout))
-            start_local(host, layout, service, argv)
+            # The stamp only counts while the process runs: written first,
+            # it is right even when this run is killed just after the start.
             write_text(layout.stamp(service), stamp)
+            start_local(host, layout, service, argv)
         else:
             unit = layout.unit_name(service)
             r.must(f"systemctl daemon-reload && systemctl enable {unit} >/dev/null 2>&1 && "
@@ -739,12 +742,23 @@ def start_local(host, layout, service, argv):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env["NO_COLOR"] = "1"
     env.setdefault("RUST_LOG", "info")
+    pid_file = layout.pid_file(service)
+    os.makedirs(os.path.dirname(pid_file), exist_ok=True)
+    if os.path.exists(pid_file):
+        os.unlink(pid_file)
+    # The child records its own pid before it execs the daemon, so that a
+    # run killed right after the start still leaves the pid behind.
+    record = 'echo $$ >"$0.new" && mv -f "$0.new" "$0" && exec "$@"'
     with open(layout.log_file(service), "ab") as log:
-        child = subprocess.Popen(["ip", "netns", "exec", host.netns] + argv, stdin=subprocess.DEVNULL,
-                                 stdout=log, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True)
-    # `ip netns exec` execs the program: the pid is the daemon's.
-    write_text(layout.pid_file(service), str(child.pid))
+        subprocess.Popen(["sh", "-c", record, pid_file, "ip", "netns", "exec", host.netns] + argv,
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                         start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if read_pid(pid_file) is not None:
+            return
+        time.sleep(0.05)
+    raise Stop(f"{argv[0]} did not start in {host.netns} (see {layout.log_file(service)})")
 
 
 def dechunk(body):

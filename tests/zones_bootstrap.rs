@@ -1,0 +1,590 @@
+//! The zone bootstrap script, `bootstrap/add-zone.py`, in local mode: each
+//! host a network namespace of a lab, NATS servers and nodes started by the
+//! script, a fourth zone added under traffic.
+
+#![allow(missing_docs)]
+
+#[path = "netns_support.rs"]
+mod netns_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use netns_support::{
+    lab_unavailable, nats_call_async, nats_server_bin, python_bin, Lab, NatsReply,
+};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const CLUSTER: &str = "zb";
+/// Replicated counters the traffic adds to.
+const COUNTERS: usize = 16;
+
+/// `(host, zone, kind, capabilities)` of every lab host.
+const HOSTS: &[(&str, &str, &str, &[&str])] = &[
+    ("a1", "fr-par-1", "elastic-metal", &[]),
+    ("b1", "nl-ams-1", "instance", &[]),
+    ("c1", "pl-waw-1", "instance", &["gpu"]),
+    ("d1", "fr-par-2", "elastic-metal", &[]),
+    ("d2", "fr-par-2", "instance", &["gpu"]),
+];
+
+fn script_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../bootstrap/add-zone.py")
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_mesh-node"))
+        .parent()
+        .expect("binaries live in a folder")
+        .to_owned()
+}
+
+/// The script's files: inventory, secret, and the hosts' folders.
+struct Bootstrap {
+    dir: tempfile::TempDir,
+}
+
+impl Bootstrap {
+    fn new() -> Bootstrap {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "zones-bootstrap-test-secret\n").unwrap();
+        Bootstrap { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes an inventory of `hosts` (lab hosts, or missing ones given by
+    /// name only) with `extra` appended; returns its path.
+    fn inventory(&self, lab: &Lab, hosts: &[&str], extra: &str) -> PathBuf {
+        let mut text = String::from("[node]\nheartbeat = \"200ms\"\nmember_timeout = \"2s\"\n");
+        text.push_str(extra);
+        for name in hosts {
+            let (_, zone, kind, caps) =
+                HOSTS
+                    .iter()
+                    .find(|h| h.0 == *name)
+                    .unwrap_or(&("", "fr-par-2", "instance", &[]));
+            let (address, netns) = match lab.hosts().iter().find(|h| h.name == *name) {
+                Some(host) => (host.addr.to_string(), host.ns.clone()),
+                None => ("10.213.250.250".to_owned(), format!("{}-missing", lab.id)),
+            };
+            text.push_str(&format!(
+                "\n[[host]]\nname = \"{name}\"\naddress = \"{address}\"\nzone = \"{zone}\"\n\
+                 kind = \"{kind}\"\ncapabilities = {caps:?}\nnetns = \"{netns}\"\n"
+            ));
+        }
+        let path = self.path("inventory.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn command(
+        &self,
+        inventory: &Path,
+        zones: &[&str],
+        routes: &[String],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(python_bin());
+        cmd.arg(script_path())
+            .arg("--local")
+            .arg(self.path("hosts"))
+            .arg("--inventory")
+            .arg(inventory)
+            .arg("--secret-file")
+            .arg(self.path("secret"))
+            .args(["--cluster", CLUSTER, "--nats-server", nats_server_bin()])
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .kill_on_drop(true)
+            .stdin(Stdio::null());
+        for zone in zones {
+            cmd.args(["--zone", zone]);
+        }
+        if !routes.is_empty() {
+            cmd.args(["--routes", &routes.join(",")]);
+        }
+        cmd
+    }
+
+    async fn run(&self, inventory: &Path, zones: &[&str], routes: &[String]) -> Run {
+        let out = self
+            .command(inventory, zones, routes)
+            .output()
+            .await
+            .expect("the script starts");
+        Run::from(out)
+    }
+
+    fn node_log(&self, host: &str) -> String {
+        let log = self.path("hosts").join(host).join("var/log/mesh/node.log");
+        std::fs::read_to_string(log).unwrap_or_default()
+    }
+}
+
+/// What one run of the script did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    fn assert_ok(&self) -> &Run {
+        assert_eq!(
+            self.code, 0,
+            "the script failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// The actions it took: lines such as `[d1] start mesh-node ...`, but
+    /// not the `[d1] mesh-node ready` checks.
+    fn actions(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('[') && !l.ends_with(" ready"))
+            .collect()
+    }
+}
+
+/// Gateway calls from inside the lab, through the NATS server of `host`.
+#[derive(Clone)]
+struct Client {
+    lab: Arc<Lab>,
+    host: String,
+    url: String,
+}
+
+impl Client {
+    async fn call(&self, agent: &str, msg: Value) -> Result<Value, String> {
+        let subject = format!("mesh.{CLUSTER}.gateway");
+        let body = json!({"agent": agent, "msg": msg, "timeout_ms": 2000}).to_string();
+        let wait = Duration::from_secs(4);
+        match nats_call_async(&self.lab, &self.host, &self.url, &subject, &body, wait).await {
+            NatsReply::Reply(text) => {
+                let answer: Value = serde_json::from_str(&text).expect("JSON answers");
+                match answer.get("ok") {
+                    Some(ok) => Ok(ok.clone()),
+                    None => Err(answer["error"]["code"].as_str().unwrap_or("?").to_owned()),
+                }
+            }
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    async fn value(&self, counter: &str) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.call(counter, json!({"get": {}})).await {
+                Ok(v) => return v["value"].as_i64().expect("a counter's value"),
+                Err(e) => assert!(Instant::now() < deadline, "{counter} never answered: {e}"),
+            }
+        }
+    }
+
+    /// Adds one to `counter`, which holds `before`, exactly once: retried
+    /// while the mesh says it was not applied, read back when unsure.
+    async fn add_once(&self, counter: &str, before: i64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.call(counter, json!({"add": 1})).await {
+                Ok(_) => return,
+                Err(code) if code == "unavailable" => {}
+                Err(_) => {
+                    let now = self.value(counter).await;
+                    if now == before + 1 {
+                        return;
+                    }
+                    assert_eq!(now, before, "{counter} changed behind our back");
+                }
+            }
+            assert!(Instant::now() < deadline, "{counter} never took the add");
+        }
+    }
+}
+
+/// Adds to the counters round-robin until `stop`; the expected values.
+async fn traffic(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    expected: Arc<Mutex<BTreeMap<String, i64>>>,
+) {
+    let mut i = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let counter = format!("rcounter/t{}", i % COUNTERS);
+        let before = expected.lock().unwrap().get(&counter).copied().unwrap_or(0);
+        client.add_once(&counter, before).await;
+        expected.lock().unwrap().insert(counter, before + 1);
+        i += 1;
+    }
+}
+
+/// Every "agent activated" line of the hosts' node logs: agent -> epochs.
+fn activations(boot: &Bootstrap, hosts: &[&str]) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for host in hosts {
+        for line in boot
+            .node_log(host)
+            .lines()
+            .filter(|l| l.contains("agent activated"))
+        {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                    .map(|v| v.trim_matches('"').to_owned())
+            };
+            if let (Some(agent), Some(epoch)) = (field("agent"), field("epoch")) {
+                out.entry(agent).or_default().push(epoch.parse().unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// `meshctl agents --json` run inside `host`: agent -> nodes it is live on.
+async fn live_agents(
+    lab: &Lab,
+    boot: &Bootstrap,
+    host: &str,
+    url: &str,
+) -> BTreeMap<String, Vec<String>> {
+    let meshctl = boot.path("hosts").join(host).join("opt/mesh/bin/meshctl");
+    let cmd = lab.command(host, meshctl.to_str().unwrap());
+    let out = tokio::process::Command::from(cmd)
+        .args(["--nats", url, "--cluster", CLUSTER, "agents", "--json"])
+        .output()
+        .await
+        .expect("meshctl runs");
+    assert!(
+        out.status.success(),
+        "meshctl agents: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON agent list");
+    let mut live: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in rows {
+        if row["status"].as_str().unwrap_or("").starts_with("live") {
+            let agent = row["agent"].as_str().unwrap().to_owned();
+            live.entry(agent)
+                .or_default()
+                .push(row["node"].as_str().unwrap().to_owned());
+        }
+    }
+    live
+}
+
+fn route(lab: &Lab, host: &str) -> String {
+    format!("nats-route://{}:6222", lab.host(host).addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_changes_nothing() {
+    if let Some(why) = lab_unavailable() {
+        panic!("this test needs a network lab: {why} (run bootstrap/install-deps.sh as root)");
+    }
+    let names: Vec<(&str, &str)> = HOSTS.iter().map(|h| (h.0, h.1)).collect();
+    let lab = Arc::new(Lab::new(&names));
+    let boot = Bootstrap::new();
+    let first = ["a1", "b1", "c1"];
+    let all = ["a1", "b1", "c1", "d1", "d2"];
+
+    // Three zones at once: a new cluster, one NATS server and node each.
+    let inventory = boot.inventory(&lab, &all, "");
+    let zones = ["fr-par-1", "nl-ams-1", "pl-waw-1"];
+    let run = boot.run(&inventory, &zones, &[]).await;
+    run.assert_ok();
+    assert!(
+        run.stdout.contains("3 nodes ready and linked"),
+        "{}",
+        run.stdout
+    );
+
+    // Traffic through zone a's NATS server from now on.
+    let client = Client {
+        lab: lab.clone(),
+        host: "a1".into(),
+        url: format!("nats://{}:4222", lab.host("a1").addr),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let expected = Arc::new(Mutex::new(BTreeMap::new()));
+    let load = tokio::spawn(traffic(client.clone(), stop.clone(), expected.clone()));
+
+    // An unreachable host stops the run before anything changes.
+    let routes: Vec<String> = first.iter().map(|h| route(&lab, h)).collect();
+    let with_ghost = boot.inventory(&lab, &["a1", "b1", "c1", "d1", "d2", "d3"], "");
+    let run = boot.run(&with_ghost, &["fr-par-2"], &routes).await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("host d3 (10.213.250.250) is unreachable: network namespace")
+            && run.stderr.contains("Nothing was changed")
+            && run.stderr.contains("run the same command again"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.actions().is_empty(), "{}", run.stdout);
+    assert!(
+        !boot.path("hosts/d1").exists(),
+        "nothing may be written for d1"
+    );
+
+    // A failed step (the nodes refuse a setting) stops with mesh-node's
+    // own message and a way to resume.
+    let broken = boot.inventory(&lab, &all, "lease = \"forever\"\n");
+    let run = boot.run(&broken, &["fr-par-2"], &routes).await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("invalid value \"forever\" for lease")
+            && run
+                .stderr
+                .contains("fix the cause, then run the same command again"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+
+    // Fixed, and killed half-way: once it started the first new node.
+    let inventory = boot.inventory(&lab, &all, "");
+    let mut cmd = boot.command(&inventory, &["fr-par-2"], &routes);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next_line().await.unwrap();
+        let line = line.unwrap_or_else(|| panic!("the script ended first: {seen:?}"));
+        seen.push(line.clone());
+        if line.contains("] start mesh-node") || line.contains("] restart mesh-node") {
+            break;
+        }
+    }
+    child.kill().await.unwrap();
+
+    // A rerun completes; the one after changes nothing.
+    let run = boot.run(&inventory, &["fr-par-2"], &routes).await;
+    run.assert_ok();
+    assert!(
+        run.stdout.contains("2 nodes ready and linked"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("members by zone: fr-par-1 1, fr-par-2 2, nl-ams-1 1, pl-waw-1 1"),
+        "{}",
+        run.stdout
+    );
+    let again = boot.run(&inventory, &["fr-par-2"], &routes).await;
+    again.assert_ok();
+    assert!(
+        again.actions().is_empty(),
+        "a second run acted: {}",
+        again.stdout
+    );
+    assert!(again.stdout.contains("nothing changed"), "{}", again.stdout);
+    let old = boot.run(&inventory, &zones, &[]).await;
+    old.assert_ok();
+    assert!(
+        old.actions().is_empty(),
+        "a rerun of the first zones acted: {}",
+        old.stdout
+    );
+
+    // The new zone serves: an agent reached through its own NATS server.
+    let via_d = Client {
+        lab: lab.clone(),
+        host: "d1".into(),
+        url: format!("nats://{}:4222", lab.host("d1").addr),
+    };
+    assert_eq!(
+        via_d.call("echo/from-d", json!({"hi": 1})).await,
+        Ok(json!({"hi": 1}))
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    load.await.expect("traffic ran without failing");
+
+    // Nothing lost: every counter holds every acknowledged add.
+    let expected = expected.lock().unwrap().clone();
+    assert!(
+        expected.values().sum::<i64>() >= COUNTERS as i64,
+        "too little traffic: {expected:?}"
+    );
+    for (counter, value) in &expected {
+        assert_eq!(client.value(counter).await, *value, "{counter} lost an add");
+    }
+
+    // No double activation: each agent is live on one node, and no epoch
+    // was activated twice.
+    let live = live_agents(&lab, &boot, "d1", &via_d.url).await;
+    for counter in expected.keys() {
+        assert_eq!(
+            live.get(counter).map(Vec::len),
+            Some(1),
+            "{counter}: {live:?}"
+        );
+    }
+    for (agent, mut epochs) in activations(&boot, &all) {
+        let count = epochs.len();
+        epochs.sort_unstable();
+        epochs.dedup();
+        assert_eq!(epochs.len(), count, "{agent} activated twice at one epoch");
+    }
+}
+
+/// Runs the script with `args` (no lab needed); (exit status, stderr).
+fn run_plain(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(python_bin())
+        .arg(script_path())
+        .args(["--secret-file", dir.join("secret").to_str().unwrap()])
+        .args([
+            "--bin-dir",
+            bin_dir().to_str().unwrap(),
+            "--nats-server",
+            nats_server_bin(),
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the script starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_inventories_and_arguments_stop_the_script_with_one_line_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "zones-bootstrap-test-secret\n").unwrap();
+    let host = |extra: &str| format!("[[host]]\nname = \"h1\"\naddress = \"10.9.0.1\"\n{extra}");
+    let cases = [
+        (
+            host("colour = \"red\"\n"),
+            "unknown key 'colour' in host 'h1'",
+        ),
+        (
+            host("kind = \"mainframe\"\n"),
+            "invalid kind 'mainframe' of host 'h1'",
+        ),
+        (
+            host("zone = \"frpar\"\n"),
+            "invalid zone \"frpar\" in host 'h1'",
+        ),
+        (host("") + &host(""), "host name 'h1' appears twice"),
+        (
+            "[[host]]\nname = \"h2\"\naddress = \"ten\"\n".to_owned(),
+            "invalid address 'ten'",
+        ),
+        (host("") + "[node]\nname = \"x\"\n", "[node] key 'name'"),
+        ("[[host]\n".to_owned(), "is not valid TOML"),
+        (
+            host("zone = \"nl-ams-1\"\n"),
+            "has no host in zone fr-par-2",
+        ),
+    ];
+    for (text, message) in cases {
+        let inventory = dir.path().join("inventory.toml");
+        std::fs::write(&inventory, &text).unwrap();
+        let args = [
+            "--zone",
+            "fr-par-2",
+            "--inventory",
+            inventory.to_str().unwrap(),
+        ];
+        let (code, stderr) = run_plain(dir.path(), &args);
+        assert_eq!(code, 2, "{text}: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{text}: expected {message:?} in {stderr:?}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
+    }
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::write(&inventory, host("")).unwrap();
+    let inv = inventory.to_str().unwrap();
+    let bad_args: [(&[&str], &str); 3] = [
+        (
+            &[
+                "--zone",
+                "fr-par-2",
+                "--inventory",
+                inv,
+                "--routes",
+                "10.0.0.1:6222",
+            ],
+            "invalid route \"10.0.0.1:6222\"",
+        ),
+        (
+            &[
+                "--zone",
+                "fr-par-2",
+                "--inventory",
+                inv,
+                "--kv-replicas",
+                "9",
+            ],
+            "invalid --kv-replicas 9",
+        ),
+        (
+            &["--zone", "fr-par-2", "--inventory", "/nonexistent.toml"],
+            "cannot read the inventory /nonexistent.toml",
+        ),
+    ];
+    for (args, message) in bad_args {
+        let (code, stderr) = run_plain(dir.path(), args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn a_host_unreachable_over_ssh_stops_the_script_before_it_changes_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "zones-bootstrap-test-secret\n").unwrap();
+    let inventory = dir.path().join("inventory.toml");
+    // Port 1 of the loopback address: refused at once.
+    let text = "[[host]]\nname = \"h1\"\naddress = \"10.9.0.1\"\nssh = \"root@127.0.0.1\"\n";
+    std::fs::write(&inventory, text).unwrap();
+    let ssh = "ssh -o BatchMode=yes -o ConnectTimeout=3 -p 1";
+    let args = [
+        "--zone",
+        "fr-par-2",
+        "--inventory",
+        inventory.to_str().unwrap(),
+        "--ssh",
+        ssh,
+    ];
+    let (code, stderr) = run_plain(dir.path(), &args);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("host h1 (10.9.0.1) is unreachable: ssh root@127.0.0.1 failed")
+            && stderr.contains("Nothing was changed")
+            && stderr.contains("run the same command again to resume"),
+        "{stderr}"
+    );
+}
