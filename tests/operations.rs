@@ -10,7 +10,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{free_port, meshctl, meshctl_ok, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+use support::{
+    error_code, free_port, meshctl, meshctl_ok, ok, wait_until, Client, MeshNode, Nats, NodeSpec,
+};
 
 /// GETs `path` from `port` on loopback: the status code and the body.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -46,6 +48,17 @@ fn value(samples: &[prometheus_parse::Sample], metric: &str, label: Option<(&str
         | Some(prometheus_parse::Value::Untyped(v)) => *v,
         other => panic!("{metric}: {other:?}"),
     }
+}
+
+/// A name of `kind` that `node` places on itself.
+async fn agent_on(client: &Client, kind: &str, node: &str) -> String {
+    for i in 0..200 {
+        let agent = format!("{kind}/n{i}");
+        if client.locate(node, &agent).await == node {
+            return agent;
+        }
+    }
+    panic!("no {kind} agent placed on {node}");
 }
 
 fn with_metrics(cluster: &str, name: &str, zone: &str) -> (NodeSpec, u16) {
@@ -104,6 +117,25 @@ async fn metrics_move_as_calls_and_snapshots_happen() {
     assert_eq!(value(&on_b, "mesh_snapshots_total", None), 1.0);
     assert!(value(&on_b, "mesh_snapshot_age_seconds", None) < 60.0);
     assert!(value(&on_b, "mesh_snapshot_bytes_total", None) > 0.0);
+    let (free, total) = (
+        value(&on_b, "mesh_disk_free_bytes", None),
+        value(&on_b, "mesh_disk_total_bytes", None),
+    );
+    assert!(0.0 < free && free <= total, "{free} of {total}");
+
+    // A crash under its kind's limit is a restart.
+    let crashes = |s: &[_]| value(s, "mesh_agent_crashes_total", None);
+    let restarts = |s: &[_]| value(s, "mesh_agent_restarts_total", None);
+    let before = scrape(port_b);
+    let probe = agent_on(&client, "probe", "node-b").await;
+    let poison = json!({"panic": "poison"});
+    assert_eq!(
+        error_code(client.call(None, &probe, poison).await),
+        "crashed"
+    );
+    let after = scrape(port_b);
+    assert_eq!(crashes(&after) - crashes(&before), 1.0);
+    assert_eq!(restarts(&after) - restarts(&before), 1.0);
     assert_eq!(get(port_b, "/healthz").unwrap(), (200, "ok\n".into()));
     assert_eq!(get(port_b, "/nope").unwrap().0, 404);
 }
@@ -131,11 +163,20 @@ async fn readiness_names_nats_while_it_is_down_and_recovers() {
         "alive while not ready"
     );
 
+    assert_eq!(value(&scrape(port), "mesh_nats_connected", None), 0.0);
+    assert_eq!(
+        value(&scrape(port), "mesh_nats_reconnects_total", None),
+        0.0
+    );
+
     nats.restart(1).await;
     wait_until("readiness to recover", Duration::from_secs(20), || async {
         (get(port, "/readyz")?.0 == 200).then_some(())
     })
     .await;
+    let samples = scrape(port);
+    assert_eq!(value(&samples, "mesh_nats_reconnects_total", None), 1.0);
+    assert_eq!(value(&samples, "mesh_nats_connected", None), 1.0);
     drop(node);
 }
 
@@ -381,7 +422,8 @@ async fn status_shows_a_zone_whose_node_died_as_down() {
     let urls = format!("{},{dead_nats}", nats.url());
     let report = wait_until("pl-waw-1 to be down", Duration::from_secs(15), || {
         let report = status_json(&urls, "glance");
-        async move { (zone_state(&report, "pl-waw-1").as_deref() == Some("down")).then_some(report) }
+        let down = zone_state(&report, "pl-waw-1").as_deref() == Some("down");
+        async move { down.then_some(report) }
     })
     .await;
     let waw = &report["zones"].as_array().unwrap()[2];
@@ -418,4 +460,72 @@ async fn status_shows_a_zone_whose_node_died_as_down() {
         report["zones"][2]["nodes"][0]["state"], "down",
         "{report:#}"
     );
+}
+
+/// Every `mesh_*` metric name in `text`.
+fn mesh_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("mesh_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `expr` string in a Grafana dashboard.
+fn dashboard_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                    _ => dashboard_exprs(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| dashboard_exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_and_alert_rules_use_only_metrics_a_node_exports() {
+    let monitoring = concat!(env!("CARGO_MANIFEST_DIR"), "/../bootstrap/monitoring");
+    let rules = std::fs::read_to_string(format!("{monitoring}/alerts.yml")).unwrap();
+    let dashboard = std::fs::read_to_string(format!("{monitoring}/dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    for alert in [
+        "MeshNodeDown",
+        "MeshZoneDown",
+        "MeshFailoverStorm",
+        "MeshSnapshotTooOld",
+        "MeshDiskAlmostFull",
+    ] {
+        assert!(rules.contains(&format!("alert: {alert}\n")), "{alert}");
+    }
+
+    // A live node with an agent, so every labelled family has a sample.
+    let nats = Nats::start().await;
+    let (spec, port) = with_metrics("dash", "node-a", "fr-par-1");
+    let node = MeshNode::start(&nats, spec);
+    let client = Client::connect(&nats, "dash").await;
+    client.converged(&[&node]).await;
+    ok(client.call(None, "counter/d", json!({"add": 1})).await);
+    let (_, exposition) = get(port, "/metrics").unwrap();
+    let exported: std::collections::BTreeSet<String> = exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+
+    let mut used = mesh_names(&rules);
+    used.extend(exprs.iter().flat_map(|e| mesh_names(e)));
+    let missing: Vec<_> = used.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?}\n{exposition}"
+    );
+    assert!(used.len() >= 20, "{used:?}");
 }

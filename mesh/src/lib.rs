@@ -64,14 +64,25 @@ pub async fn connect_nats(
     urls: &[String],
     client_name: &str,
 ) -> anyhow::Result<async_nats::Client> {
+    connect_nats_with(urls, client_name, |options| options).await
+}
+
+/// [`connect_nats`], with `tune` adjusting the connection options (such as
+/// an event callback) before connecting.
+pub async fn connect_nats_with(
+    urls: &[String],
+    client_name: &str,
+    tune: impl FnOnce(async_nats::ConnectOptions) -> async_nats::ConnectOptions,
+) -> anyhow::Result<async_nats::Client> {
     let addrs = urls
         .iter()
         .map(|u| u.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("invalid NATS URL: {e}"))?;
-    async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name(client_name)
-        .connection_timeout(NATS_CONNECT_TIMEOUT)
+        .connection_timeout(NATS_CONNECT_TIMEOUT);
+    tune(options)
         .connect(addrs)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach NATS at {}: {e}", urls.join(",")))

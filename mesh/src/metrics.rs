@@ -36,6 +36,10 @@ pub struct Stats {
     pub failovers: Counter,
     /// Agents that crashed.
     pub agent_crashes: Counter,
+    /// Crashed agents that will restart (the others are past their limit).
+    pub agent_restarts: Counter,
+    /// Times the NATS connection came back after it was lost.
+    pub nats_reconnects: Counter,
     /// Idle agents stopped with their state left in storage.
     pub passivations: Counter,
     /// Links up now.
@@ -67,6 +71,8 @@ impl Default for Stats {
             activations: Counter::default(),
             failovers: Counter::default(),
             agent_crashes: Counter::default(),
+            agent_restarts: Counter::default(),
+            nats_reconnects: Counter::default(),
             passivations: Counter::default(),
             links_up: Gauge::default(),
             gateway_requests: Counter::default(),
@@ -93,8 +99,13 @@ pub struct Gauges {
     pub lease_valid: bool,
     /// The state store's size on disk.
     pub store_bytes: u64,
-    /// Seconds since the last snapshot was written, if any was.
-    pub snapshot_age_seconds: Option<f64>,
+    /// Free and total bytes of the file system holding the data directory,
+    /// when the system tells.
+    pub disk: Option<(u64, u64)>,
+    /// Seconds since the last snapshot was written; with none written yet,
+    /// since the node started (0 while there is nothing to snapshot), so a
+    /// node whose snapshots never succeed still looks stale.
+    pub snapshot_age_seconds: f64,
 }
 
 type Labels = Vec<(String, String)>;
@@ -123,6 +134,16 @@ impl Stats {
                 &self.failovers,
             ),
             ("agent_crashes", "Agents that crashed", &self.agent_crashes),
+            (
+                "agent_restarts",
+                "Crashed agents restarted",
+                &self.agent_restarts,
+            ),
+            (
+                "nats_reconnects",
+                "NATS connections regained after a loss",
+                &self.nats_reconnects,
+            ),
             (
                 "passivations",
                 "Idle agents stopped, state left in storage",
@@ -195,15 +216,23 @@ impl Stats {
         let store = Gauge::<i64>::default();
         store.set(gauges.store_bytes as i64);
         registry.register("store_bytes", "State store size on disk", store);
-        if let Some(age) = gauges.snapshot_age_seconds {
-            let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-            gauge.set(age);
-            registry.register(
-                "snapshot_age_seconds",
-                "Seconds since the last snapshot",
-                gauge,
-            );
+        if let Some((free, total)) = gauges.disk {
+            let bytes = |n: u64| {
+                let gauge = Gauge::<i64>::default();
+                gauge.set(n as i64);
+                gauge
+            };
+            let (free, total) = (bytes(free), bytes(total));
+            registry.register("disk_free_bytes", "Free bytes of the data disk", free);
+            registry.register("disk_total_bytes", "Size of the data disk", total);
         }
+        let age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        age.set(gauges.snapshot_age_seconds);
+        registry.register(
+            "snapshot_age_seconds",
+            "Seconds since the last snapshot (or the start, if none yet)",
+            age,
+        );
 
         let mut text = String::new();
         encode(&mut text, &registry).expect("writing to a String cannot fail");

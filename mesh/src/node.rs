@@ -552,7 +552,12 @@ impl Shared {
             nats_connected,
             lease_valid: self.ownership.as_ref().is_some_and(|o| o.lease_valid()),
             store_bytes: self.store.size_on_disk(),
-            snapshot_age_seconds: (last > 0).then(|| now_ms.saturating_sub(last) as f64 / 1e3),
+            disk: disk_space(&self.config.data_dir),
+            snapshot_age_seconds: match last {
+                0 if self.store.is_empty() => 0.0,
+                0 => now_ms.saturating_sub(self.started_ms) as f64 / 1e3,
+                last => now_ms.saturating_sub(last) as f64 / 1e3,
+            },
         }
     }
 
@@ -720,6 +725,29 @@ async fn fence_when_lease_lapses(shared: Arc<Shared>) {
     }
 }
 
+/// A NATS event callback that counts each connection regained after a
+/// loss (the first connection is not a reconnect).
+fn count_reconnects(
+    counter: prometheus_client::metrics::counter::Counter,
+) -> impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static {
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    move |event| {
+        match event {
+            async_nats::Event::Disconnected => lost.store(true, Ordering::Relaxed),
+            async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
+                counter.inc();
+            }
+            _ => {}
+        }
+        std::future::ready(())
+    }
+}
+
+/// Free and total bytes of the file system holding `dir`.
+fn disk_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    Some((fs2::available_space(dir).ok()?, fs2::total_space(dir).ok()?))
+}
+
 /// Takes a snapshot every interval; a failure is retried at the next tick.
 async fn periodic_snapshots(shared: Arc<Shared>) {
     let interval = shared.config.snapshot_interval;
@@ -771,7 +799,13 @@ impl Node {
             .map_err(|e| anyhow::anyhow!("cannot open the state store: {e}"))?;
         let snapshots = snapshot::open_target(&config.snapshots, &config.cluster)
             .map_err(|e| anyhow::anyhow!("snapshots at {}: {e}", config.snapshots))?;
-        let nats = crate::connect_nats(&config.nats, &format!("mesh-node {}", config.name)).await?;
+        let stats = Stats::default();
+        let client_name = format!("mesh-node {}", config.name);
+        let reconnects = count_reconnects(stats.nats_reconnects.clone());
+        let nats = crate::connect_nats_with(&config.nats, &client_name, |options| {
+            options.event_callback(reconnects)
+        })
+        .await?;
         let bucket =
             match crate::state::open_bucket(&nats, &config.cluster, config.kv_replicas).await {
                 Ok(bucket) => Some(bucket),
@@ -812,7 +846,7 @@ impl Node {
             registry: Arc::new(registry),
             links: RwLock::new(HashMap::new()),
             directory: Directory::default(),
-            stats: Stats::default(),
+            stats,
             link_events: link_tx,
             store,
             snapshots,

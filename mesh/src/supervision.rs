@@ -459,6 +459,7 @@ impl SupervisorState {
         let delay = FIRST_RESTART_DELAY
             .saturating_mul(1 << (count - 1).min(16))
             .min(MAX_RESTART_DELAY);
+        self.shared.stats.agent_restarts.inc();
         warn!(
             agent = %agent,
             crashes = count,
