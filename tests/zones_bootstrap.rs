@@ -114,8 +114,19 @@ impl Bootstrap {
     }
 
     async fn run(&self, inventory: &Path, zones: &[&str], routes: &[String]) -> Run {
+        self.run_with(inventory, zones, routes, &[]).await
+    }
+
+    async fn run_with(
+        &self,
+        inventory: &Path,
+        zones: &[&str],
+        routes: &[String],
+        extra: &[&str],
+    ) -> Run {
         let out = self
             .command(inventory, zones, routes)
+            .args(extra)
             .output()
             .await
             .expect("the script starts");
@@ -346,6 +357,26 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
         "nothing may be written for d1"
     );
 
+    // A dry run says what it would do, and does none of it.
+    let inventory = boot.inventory(&lab, &all, "");
+    let dry = boot
+        .run_with(&inventory, &["fr-par-2"], &routes, &["--dry-run"])
+        .await;
+    dry.assert_ok();
+    for action in [
+        "[d1] would install nats-server",
+        "[d1] would write",
+        "[d1] would start nats-server",
+        "[d2] would start mesh-node",
+    ] {
+        assert!(
+            dry.stdout.contains(action),
+            "no {action:?} in:\n{}",
+            dry.stdout
+        );
+    }
+    assert!(!boot.path("hosts/d1").exists(), "a dry run wrote files");
+
     // A failed step (the nodes refuse a setting) stops with mesh-node's
     // own message and a way to resume.
     let broken = boot.inventory(&lab, &all, "lease = \"forever\"\n");
@@ -403,6 +434,14 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
         again.stdout
     );
     assert!(again.stdout.contains("nothing changed"), "{}", again.stdout);
+    let dry = boot
+        .run_with(&inventory, &["fr-par-2"], &routes, &["--dry-run"])
+        .await;
+    assert!(
+        dry.stdout.contains("dry run: nothing to change"),
+        "{}",
+        dry.stdout
+    );
     let old = boot.run(&inventory, &zones, &[]).await;
     old.assert_ok();
     assert!(
@@ -450,6 +489,84 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
         epochs.sort_unstable();
         epochs.dedup();
         assert_eq!(epochs.len(), count, "{agent} activated twice at one epoch");
+    }
+
+    // The ownership bucket has a replica in each of three zones, so with zone
+    // fr-par-1 gone (its NATS server and node killed), the counters answer
+    // through the new zone with every add.
+    let servers = bucket_servers(&lab, "b1", &format!("KV_mesh-{CLUSTER}-owners")).await;
+    let zones_of: Vec<&str> = servers
+        .iter()
+        .map(|s| {
+            let host = s
+                .strip_prefix("nats-")
+                .expect("servers are named nats-<host>");
+            HOSTS.iter().find(|h| h.0 == host).expect("a lab host").1
+        })
+        .collect();
+    let mut distinct = zones_of.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "owners bucket replicas: {servers:?} in {zones_of:?}"
+    );
+    kill_host(&lab, "a1");
+    for (counter, value) in &expected {
+        assert_eq!(
+            via_d.value(counter).await,
+            *value,
+            "{counter} after zone loss"
+        );
+    }
+    let live = live_agents(&lab, &boot, "d1", &via_d.url).await;
+    for counter in expected.keys() {
+        let nodes = live.get(counter).cloned().unwrap_or_default();
+        assert!(nodes.len() == 1 && nodes[0] != "a1", "{counter}: {nodes:?}");
+    }
+}
+
+/// The NATS servers holding the replicas of JetStream stream `stream`, as
+/// the monitoring port of `host`'s server reports them.
+async fn bucket_servers(lab: &Lab, host: &str, stream: &str) -> Vec<String> {
+    let url = format!("http://{}:8222/jsz?streams=true", lab.host(host).addr);
+    let fetch = "import sys, urllib.request as r\n\
+                 o = r.build_opener(r.ProxyHandler({}))\n\
+                 sys.stdout.write(o.open(sys.argv[1], timeout=5).read().decode())";
+    let cmd = lab.command(host, python_bin());
+    let out = tokio::process::Command::from(cmd)
+        .args(["-c", fetch, &url])
+        .output()
+        .await
+        .expect("python3 runs");
+    let jsz: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("/jsz: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let details = jsz["account_details"].as_array().expect("account details");
+    let found = details
+        .iter()
+        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+        .find(|d| d["name"] == stream)
+        .unwrap_or_else(|| panic!("no stream {stream} in {jsz}"));
+    let cluster = &found["cluster"];
+    let mut servers = vec![cluster["leader"].as_str().expect("a leader").to_owned()];
+    for replica in cluster["replicas"].as_array().cloned().unwrap_or_default() {
+        servers.push(replica["name"].as_str().expect("a name").to_owned());
+    }
+    servers
+}
+
+/// Kills every process of a lab host, as if its zone went down.
+fn kill_host(lab: &Lab, host: &str) {
+    let ns = &lab.host(host).ns;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .expect("ip runs");
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let pid: i32 = pid.parse().expect("a pid");
+        // SAFETY: plain syscall on a process of the lab.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
