@@ -42,6 +42,8 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
 /// How many complete snapshots a node keeps.
 pub const DEFAULT_SNAPSHOT_KEEP: usize = 5;
+/// The largest configuration (or secret) file accepted.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Below this many bytes a cluster secret gets a warning.
 const MIN_SECRET_BYTES: usize = 16;
 /// The secret a development node uses when none is configured.
@@ -69,6 +71,12 @@ impl Secret {
     /// Whether this is the built-in development secret.
     pub fn is_development(&self) -> bool {
         self.0 == DEVELOPMENT_SECRET
+    }
+
+    /// A secret from text, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(text: &str) -> Secret {
+        Secret(text.to_owned())
     }
 }
 
@@ -164,6 +172,14 @@ pub struct NodeArgs {
     /// (3 in a NATS cluster spanning zones) [default: 1].
     #[arg(long, env = "MESH_KV_REPLICAS", value_name = "N")]
     pub kv_replicas: Option<usize>,
+    /// Agent kinds gateway calls may reach (comma separated) [default: all].
+    #[arg(
+        long,
+        env = "MESH_GATEWAY_ALLOW",
+        value_delimiter = ',',
+        value_name = "KINDS"
+    )]
+    pub gateway_allow: Option<Vec<String>>,
 }
 
 /// The keys of the configuration file; all optional.
@@ -195,6 +211,7 @@ struct FileConfig {
     passivate_after: Option<String>,
     kv_replicas: Option<usize>,
     metrics_listen: Option<String>,
+    gateway_allow: Option<Vec<String>>,
 }
 
 /// A node's checked configuration.
@@ -246,6 +263,8 @@ pub struct Config {
     pub kv_replicas: usize,
     /// Where /metrics, /healthz and /readyz are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The agent kinds gateway calls may reach; all when `None`.
+    pub gateway_allow: Option<Vec<String>>,
 }
 
 /// Where snapshots are written.
@@ -447,6 +466,10 @@ impl Config {
                 "JetStream allows 1 to 5 replicas",
             ));
         }
+        let gateway_allow = args.gateway_allow.or(file.gateway_allow);
+        for kind in gateway_allow.iter().flatten() {
+            check_token("gateway_allow", kind)?;
+        }
         if lease < Duration::from_millis(200) {
             return Err(invalid(
                 "lease",
@@ -479,24 +502,57 @@ impl Config {
             passivate_after,
             kv_replicas,
             metrics_listen,
+            gateway_allow,
         })
     }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path)
+    let text = read_bounded(path, MAX_CONFIG_BYTES)
         .map_err(|e| ConfigError(format!("cannot read config file {shown}: {e}")))?;
-    toml::from_str(&text).map_err(|e| {
+    parse_file(&shown.to_string(), &text)
+}
+
+/// Reads a small file, refusing one larger than `limit` bytes without
+/// reading it whole.
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
+    if read as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "larger than the limit of {limit} bytes"
+        )));
+    }
+    Ok(text)
+}
+
+/// Parses configuration file text; `shown` names it in errors. Public for
+/// fuzzing.
+#[doc(hidden)]
+pub fn parse_file_text(shown: &str, text: &str) -> Result<(), ConfigError> {
+    parse_file(shown, text).map(|_| ())
+}
+
+fn parse_file(shown: &str, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
         let line = e
             .span()
-            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            .map(|span| bytecount_lines(&text.as_bytes()[..span.start.min(text.len())]));
         let message = e.message().replace('\n', " ");
         match line {
             Some(line) => ConfigError(format!("{shown} line {line}: {message}")),
             None => ConfigError(format!("{shown}: {message}")),
         }
     })
+}
+
+/// The 1-based line of the byte after `before`.
+fn bytecount_lines(before: &[u8]) -> usize {
+    before.iter().filter(|b| **b == b'\n').count() + 1
 }
 
 fn snapshot_target(
@@ -536,7 +592,7 @@ fn snapshot_target(
 
 fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path)
+    let text = read_bounded(path, MAX_CONFIG_BYTES)
         .map_err(|e| ConfigError(format!("cannot read secret_file {shown}: {e}")))?;
     let secret = text.trim();
     if secret.is_empty() {

@@ -7,10 +7,15 @@
 //!    silent members after the member timeout; a frozen process stops
 //!    announcing, so it leaves every view even though its sockets stay open.
 //! 3. A stopping node publishes a goodbye, which removes it at once.
-//! 4. A node that notices its own clock jumped (it was paused) forgives its
+//! 4. Announcements and goodbyes are signed with the cluster secret and
+//!    timestamped ([`crate::signing`]); a forged, altered, stale or replayed
+//!    one is ignored and logged, so nobody without the secret can make
+//!    nodes dial an attacker or drop a member.
+//! 5. A node that notices its own clock jumped (it was paused) forgives its
 //!    peers' silence instead of declaring them all dead; so does a node that
 //!    lost NATS, until it is back: placement freezes rather than splits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +27,12 @@ use tracing::{debug, error, info, warn};
 use crate::link::LinkEvent;
 use crate::membership::{Announcement, Change, ANNOUNCEMENT_VERSION};
 use crate::node::Shared;
+use crate::signing::{self, ReplayGuard, Signer, SigningError};
 use crate::subjects;
+
+/// The shortest gap between two log lines about refused messages, so a
+/// flood of forgeries cannot flood the log.
+const REFUSAL_LOG_GAP: Duration = Duration::from_secs(1);
 
 /// The longest gap between two membership checks.
 const MAX_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -59,6 +69,10 @@ pub(crate) async fn spawn(shared: Arc<Shared>, nats: async_nats::Client) -> anyh
     let goodbyes = nats.subscribe(subjects::goodbye(cluster)).await?;
     let (leave, leave_rx) = oneshot::channel();
     let task = Discovery {
+        signer: Signer::new(&shared.config.secret),
+        last_signed_ms: Default::default(),
+        guard: ReplayGuard::default(),
+        refusals: Refusals::default(),
         shared,
         nats,
         last_check: Instant::now(),
@@ -77,6 +91,51 @@ struct Discovery {
     frozen: bool,
     /// The incarnation of another process seen announcing our name.
     impostor: Option<u64>,
+    signer: Signer,
+    /// The last timestamp this node signed: each is newer than the one
+    /// before, or receivers would take a quick second message for a replay.
+    last_signed_ms: std::sync::atomic::AtomicU64,
+    guard: ReplayGuard,
+    refusals: Refusals,
+}
+
+/// Counts refused messages and logs each reason at most once per
+/// [`REFUSAL_LOG_GAP`].
+#[derive(Debug, Default)]
+struct Refusals {
+    last_log: HashMap<&'static str, Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn refused(&mut self, what: &str, claimed: Option<&str>, error: &SigningError) {
+        let now = Instant::now();
+        let reason = error.kind();
+        if let Some(last) = self.last_log.get(reason) {
+            if now.duration_since(*last) < REFUSAL_LOG_GAP {
+                self.unlogged += 1;
+                return;
+            }
+        }
+        self.last_log.insert(reason, now);
+        warn!(
+            claimed_sender = claimed.unwrap_or("unknown"),
+            also_refused_since_last_line = std::mem::take(&mut self.unlogged),
+            "refused {what}: {error}"
+        );
+    }
+}
+
+/// The sender a message body claims, for log lines only (not trusted).
+fn claimed_sender(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Claim {
+        name: String,
+    }
+    let envelope: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let inner = envelope.get("body")?.as_str()?;
+    let claim: Claim = serde_json::from_str(inner).ok()?;
+    Some(claim.name.chars().take(64).collect())
 }
 
 impl Discovery {
@@ -108,9 +167,11 @@ impl Discovery {
     }
 
     async fn announce(&self) {
-        let body = serde_json::to_vec(&self.shared.announcement()).expect("announcement encodes");
+        let body =
+            serde_json::to_string(&self.shared.announcement()).expect("announcement encodes");
         let subject = subjects::announce(&self.shared.config.cluster);
-        match self.nats.publish(subject, body.into()).await {
+        let sealed = self.signer.seal(&subject, body, self.next_ts());
+        match self.nats.publish(subject, sealed.into()).await {
             Ok(()) => self
                 .shared
                 .announced
@@ -119,11 +180,53 @@ impl Discovery {
         }
     }
 
+    /// A signing time newer than every earlier one.
+    fn next_ts(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Only the discovery task signs, so load then store cannot race.
+        let ts = signing::now_ms().max(self.last_signed_ms.load(Relaxed) + 1);
+        self.last_signed_ms.store(ts, Relaxed);
+        ts
+    }
+
+    /// Checks a signed message; `None` (logged) if it must be ignored.
+    fn open(&mut self, what: &str, subject: &str, payload: &[u8]) -> Option<(u64, String)> {
+        match self.signer.open(subject, payload, signing::now_ms()) {
+            Ok(opened) => Some(opened),
+            Err(e) => {
+                let claimed = claimed_sender(payload);
+                self.refusals.refused(what, claimed.as_deref(), &e);
+                None
+            }
+        }
+    }
+
+    /// Refuses a replay of a message already seen from this sender.
+    fn fresh(&mut self, what: &str, name: &str, incarnation: u64, ts_ms: u64) -> bool {
+        match self
+            .guard
+            .check(name, incarnation, ts_ms, signing::now_ms())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                self.refusals.refused(what, Some(name), &e);
+                false
+            }
+        }
+    }
+
     async fn announced(&mut self, payload: &[u8]) {
-        let info: Announcement = match serde_json::from_slice(payload) {
+        let subject = subjects::announce(&self.shared.config.cluster);
+        let Some((ts_ms, body)) = self.open("announcement", &subject, payload) else {
+            return;
+        };
+        let info: Announcement = match serde_json::from_str(&body) {
             Ok(info) => info,
             Err(e) => return warn!(error = %e, "ignored a malformed announcement"),
         };
+        if !self.fresh("announcement", &info.name, info.incarnation, ts_ms) {
+            return;
+        }
         if info.name == self.shared.config.name && info.incarnation != self.shared.incarnation {
             // Two processes share a name: they will replace each other in
             // every view. Say so loudly, once per impostor.
@@ -158,9 +261,16 @@ impl Discovery {
     }
 
     fn said_goodbye(&mut self, payload: &[u8]) {
-        let Ok(bye) = serde_json::from_slice::<Goodbye>(payload) else {
+        let subject = subjects::goodbye(&self.shared.config.cluster);
+        let Some((ts_ms, body)) = self.open("goodbye", &subject, payload) else {
+            return;
+        };
+        let Ok(bye) = serde_json::from_str::<Goodbye>(&body) else {
             return warn!("ignored a malformed goodbye");
         };
+        if !self.fresh("goodbye", &bye.name, bye.incarnation, ts_ms) {
+            return;
+        }
         let change = self
             .shared
             .members
@@ -225,9 +335,10 @@ impl Discovery {
             name: self.shared.config.name.clone(),
             incarnation: self.shared.incarnation,
         };
-        let body = serde_json::to_vec(&bye).expect("goodbye encodes");
+        let body = serde_json::to_string(&bye).expect("goodbye encodes");
         let subject = subjects::goodbye(&self.shared.config.cluster);
-        if let Err(e) = self.nats.publish(subject, body.into()).await {
+        let sealed = self.signer.seal(&subject, body, self.next_ts());
+        if let Err(e) = self.nats.publish(subject, sealed.into()).await {
             warn!(error = %e, "cannot say goodbye");
         }
         let _ = self.nats.flush().await;

@@ -22,6 +22,10 @@ use crate::subjects;
 
 /// The gateway request format this build speaks.
 pub const GATEWAY_VERSION: u16 = 1;
+/// The deepest JSON nesting a request may have.
+pub const MAX_JSON_DEPTH: usize = 32;
+/// The largest operator request, in bytes.
+pub const MAX_ADMIN_BYTES: usize = 64 * 1024;
 
 /// A call from outside: `{"agent": "counter/alice", "msg": {"add": 5}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,7 +283,17 @@ async fn serve(
             shared.stats.gateway_requests.inc();
             if let Response::Error(e) = &response {
                 shared.stats.gateway_errors.inc();
-                debug!(code = %e.code, message = %e.message, "gateway request failed");
+                if ["too_large", "bad_request", "forbidden"].contains(&e.code.as_str()) {
+                    warn!(
+                        subject = %msg.subject,
+                        reply_to = %reply_to,
+                        code = %e.code,
+                        message = %e.message,
+                        "refused a gateway request"
+                    );
+                } else {
+                    debug!(code = %e.code, message = %e.message, "gateway request failed");
+                }
             }
             let body = serde_json::to_vec(&response).expect("responses encode");
             if let Err(e) = nats.publish(reply_to, body.into()).await {
@@ -289,22 +303,68 @@ async fn serve(
     }
 }
 
-/// Serves one call request.
-pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
-    // JSON text is larger than its encoding, so twice the cap is generous.
-    let limit = shared.config.max_message_bytes.saturating_mul(2);
+/// Checks a request's size and nesting before it is parsed, so a huge or
+/// deeply nested body costs a scan, not an allocation per level.
+fn check_bounds(body: &[u8], limit: usize) -> Result<(), Response> {
     if body.len() > limit {
-        return Response::error(
+        return Err(Response::error(
             "too_large",
             format!(
                 "request of {} bytes exceeds the limit of {limit} bytes",
                 body.len()
             ),
-        );
+        ));
     }
-    let request: CallRequest = match serde_json::from_slice(body) {
+    let depth = json_depth(body);
+    if depth > MAX_JSON_DEPTH {
+        return Err(Response::error(
+            "bad_request",
+            format!("request nests {depth} levels deep; the limit is {MAX_JSON_DEPTH}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The deepest nesting of `[` and `{` in JSON text, strings skipped.
+pub fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Parses a call request within the node's bounds: the parser the
+/// gateway uses, public for fuzzing.
+pub fn parse_call(body: &[u8], max_message_bytes: usize) -> Result<CallRequest, Response> {
+    // JSON text is larger than its encoding, so twice the cap is generous.
+    check_bounds(body, max_message_bytes.saturating_mul(2))?;
+    serde_json::from_slice(body)
+        .map_err(|e| Response::error("bad_request", format!("invalid request: {e}")))
+}
+
+/// Serves one call request.
+pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
+    let request = match parse_call(body, shared.config.max_message_bytes) {
         Ok(r) => r,
-        Err(e) => return Response::error("bad_request", format!("invalid request: {e}")),
+        Err(response) => return response,
     };
     if let Some(v) = request.v.filter(|v| *v != GATEWAY_VERSION) {
         return Response::error(
@@ -316,6 +376,14 @@ pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
         Ok(id) => id,
         Err(e) => return Response::error("bad_request", e.to_string()),
     };
+    if let Some(allowed) = &shared.config.gateway_allow {
+        if !allowed.iter().any(|k| k == to.kind()) {
+            return Response::error(
+                "forbidden",
+                format!("agent kind {} is not open to gateway calls", to.kind()),
+            );
+        }
+    }
     let kind = match shared.registry.kind_of(&to) {
         Ok(kind) => kind.clone(),
         Err(e) => return e.into(),
@@ -346,6 +414,9 @@ pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
 
 /// Serves one operator query.
 pub(crate) async fn admin(shared: &Shared, nats: &async_nats::Client, body: &[u8]) -> Response {
+    if let Err(response) = check_bounds(body, MAX_ADMIN_BYTES) {
+        return response;
+    }
     let request: AdminRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return Response::error("bad_request", format!("invalid request: {e}")),

@@ -5,6 +5,7 @@
 //! order data flows through a node:
 //! - [`config`]: file, environment and flags, checked at start;
 //! - [`discovery`]: announcements and goodbyes on NATS;
+//! - [`signing`]: the HMAC that proves an announcement is the cluster's;
 //! - [`membership`]: which nodes are alive, as this node sees it;
 //! - [`link`]: one authenticated cluster link per pair of nodes;
 //! - [`wire`]: the versioned frames links carry;
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod node;
 pub mod ownership;
 pub mod roster;
+pub mod signing;
 pub mod snapshot;
 pub mod state;
 pub mod status;

@@ -40,6 +40,9 @@ const MAX_REDIAL_DELAY: Duration = Duration::from_secs(5);
 const DIAL_TICK: Duration = Duration::from_millis(50);
 /// How many pings fit in one link timeout.
 const PINGS_PER_TIMEOUT: u32 = 4;
+/// How long a connection may take to authenticate before it is closed, so
+/// idle or trickling strangers cannot hold sockets and buffers.
+const AUTH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Raw bytes of one frame, as cast to a peer's endpoint.
 #[derive(Debug)]
@@ -90,6 +93,7 @@ pub(crate) enum LinkEvent {
 #[derive(Debug)]
 pub(crate) struct SessionEvent {
     state: SessionState,
+    at: Instant,
     session: ActorId,
     peer: Option<String>,
     address: String,
@@ -110,6 +114,7 @@ impl EventForwarder {
     fn send(&self, state: SessionState, ses: ractor_cluster::node::NodeServerSessionInformation) {
         let _ = self.0.send(LinkEvent::Session(SessionEvent {
             state,
+            at: Instant::now(),
             session: ses.actor.get_id(),
             // ractor_cluster names a peer `<node>@<host>`; we want `<node>`.
             peer: ses
@@ -252,6 +257,7 @@ impl Manager {
                     Some(LinkEvent::Shutdown) | None => break,
                 },
                 _ = tick.tick() => {
+                    self.close_unauthenticated();
                     self.dial_due();
                     self.ping_links();
                 }
@@ -356,7 +362,8 @@ impl Manager {
             warn!(
                 address = %event.address,
                 peer = peer.as_deref().unwrap_or("unknown"),
-                "link refused: authentication failed (do both nodes share the cluster secret?)"
+                "link refused: the connection closed before authenticating (a wrong \
+                 cluster secret, a bad frame, or not a mesh node)"
             );
             return;
         }
@@ -436,6 +443,26 @@ impl Manager {
             );
             self.drop_link(&peer, "no answer to pings");
             self.close_sessions(&peer);
+        }
+    }
+
+    /// Closes connections that did not authenticate within
+    /// [`AUTH_DEADLINE`].
+    fn close_unauthenticated(&self) {
+        let now = Instant::now();
+        for (id, session) in &self.sessions {
+            if session.state == SessionState::Opened
+                && now.duration_since(session.at) > AUTH_DEADLINE
+            {
+                if let Some(cell) = ractor::registry::where_is_pid(*id) {
+                    warn!(
+                        address = %session.address,
+                        "link refused: no authentication within {}s; closing",
+                        AUTH_DEADLINE.as_secs()
+                    );
+                    cell.stop(Some("authentication deadline".into()));
+                }
+            }
         }
     }
 

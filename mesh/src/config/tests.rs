@@ -161,3 +161,29 @@ fn the_secret_may_come_from_the_environment() {
     .unwrap();
     assert_eq!(config.secret.expose(), "from-env");
 }
+
+#[test]
+fn the_gateway_allow_list_comes_from_the_file_and_is_checked() {
+    let (_dir, args) = with_file("gateway_allow = [\"counter\", \"echo\"]\n");
+    let config = load(args).unwrap();
+    assert_eq!(
+        config.gateway_allow,
+        Some(vec!["counter".to_owned(), "echo".to_owned()])
+    );
+    let (_dir, args) = with_file("gateway_allow = [\"Counter!\"]\n");
+    let err = load(args).unwrap_err().to_string();
+    assert!(err.contains("gateway_allow"), "{err}");
+}
+
+#[test]
+fn oversized_deep_and_non_ascii_files_get_one_line_errors() {
+    let (_dir, args) = with_file(&"# filler\n".repeat(200_000));
+    let err = load(args).unwrap_err().to_string();
+    assert!(err.contains("larger than the limit"), "{err}");
+    let deep = format!("x = {}{}\n", "[".repeat(50_000), "]".repeat(50_000));
+    let err = parse_file_text("deep.toml", &deep).unwrap_err().to_string();
+    assert!(!err.contains('\n'), "{err}");
+    // An error span inside a multi-byte character must not panic.
+    let err = parse_file_text("utf8.toml", "cluster = \"é\"\né = ").unwrap_err();
+    assert!(err.to_string().contains("utf8.toml"), "{err}");
+}

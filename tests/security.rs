@@ -1,0 +1,247 @@
+//! Security end to end: signed announcements, bounded input on the link
+//! port and the gateway, and the gateway allow-list, against real
+//! `nats-server` and `mesh-node` processes.
+
+#![allow(missing_docs)]
+
+#[path = "support.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use futures::StreamExt;
+use mesh::subjects;
+use serde_json::json;
+use support::{error_code, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+
+/// Waits until `node`'s log contains `needle`.
+async fn logged(node: &MeshNode, needle: &str) {
+    let what = format!("{} to log {needle:?}", node.name());
+    wait_until(&what, Duration::from_secs(15), || {
+        let found = node.log_text().contains(needle);
+        async move { found.then_some(()) }
+    })
+    .await;
+}
+
+/// The resident set size of a process, in KiB, from /proc.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// The link address `node` announces.
+async fn link_address(client: &Client, node: &str) -> String {
+    let members = client.members(node).await.expect("node answers");
+    members
+        .into_iter()
+        .find(|m| m.this)
+        .expect("the node lists itself")
+        .address
+}
+
+#[tokio::test]
+async fn forged_and_replayed_announcements_are_ignored_and_logged() {
+    let nats = Nats::start().await;
+    let (mut nodes, client) = support::start_mesh(&nats, "sig", 2, &["fr-par-1"]).await;
+
+    // Capture a genuine announcement of node-1 as it travels.
+    let mut tap = client
+        .nats
+        .subscribe(subjects::announce("sig"))
+        .await
+        .unwrap();
+    let captured = loop {
+        let msg = tap.next().await.expect("announcements flow");
+        if String::from_utf8_lossy(&msg.payload).contains("node-1") {
+            break msg.payload;
+        }
+    };
+
+    // A forgery: a well-formed announcement of a node that does not exist,
+    // pointing at an address an attacker controls, without the secret.
+    let fake = json!({
+        "v": 1, "name": "intruder", "zone": "fr-par-1", "kind": "instance",
+        "capabilities": [], "link": "127.0.0.1:9", "software": "0.1.0",
+        "wire_min": 1, "wire_max": 1, "incarnation": 1, "started_ms": 1,
+    });
+    let forged = json!({
+        "ts_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+        "body": fake.to_string(),
+        "mac": "00".repeat(32),
+    });
+    for body in [forged.to_string(), fake.to_string()] {
+        client
+            .nats
+            .publish(subjects::announce("sig"), body.into())
+            .await
+            .unwrap();
+    }
+    client.nats.flush().await.unwrap();
+    logged(&nodes[0], "refused announcement: bad signature").await;
+    logged(&nodes[0], "refused announcement: malformed envelope").await;
+    logged(&nodes[0], "claimed_sender=\"intruder\"").await;
+    let names: Vec<String> = client
+        .members("node-0")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["node-0", "node-1"], "a forged node joined");
+
+    // node-1 stops and says goodbye; replaying its old announcement must
+    // not bring it back (node-0 would dial a dead address).
+    nodes[1].signal(libc::SIGTERM);
+    nodes[1].exited(Duration::from_secs(15)).await;
+    wait_until("node-0 to drop node-1", Duration::from_secs(10), || async {
+        let members = client.members("node-0").await?;
+        (members.len() == 1).then_some(())
+    })
+    .await;
+    client
+        .nats
+        .publish(subjects::announce("sig"), captured)
+        .await
+        .unwrap();
+    client.nats.flush().await.unwrap();
+    logged(&nodes[0], "refused announcement: replayed").await;
+    let members = client.members("node-0").await.unwrap();
+    assert_eq!(members.len(), 1, "a replayed announcement revived node-1");
+    drop(nodes);
+}
+
+/// Sends `bytes` to the link port at `address` and waits for the node to
+/// close the connection; returns the local address used.
+fn send_and_wait_for_close(address: &str, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).expect("link port accepts");
+    let local = stream.local_addr().unwrap().to_string();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    // The node may close before everything is written: that is fine.
+    let _ = stream.write_all(bytes);
+    let mut sink = [0u8; 1024];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return local,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return local,
+            Err(e) => panic!("the node did not close a connection sending junk: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn junk_on_the_link_port_closes_that_connection_only() {
+    let nats = Nats::start().await;
+    let (mut nodes, client) = support::start_mesh(&nats, "junk", 2, &["fr-par-1"]).await;
+    let address = link_address(&client, "node-0").await;
+    ok(client
+        .call(Some("node-0"), "counter/c", json!({"add": 1}))
+        .await);
+    let before = rss_kib(nodes[0].pid());
+
+    let mut huge = (1u64 << 30).to_be_bytes().to_vec();
+    huge.extend(std::iter::repeat_n(0u8, 256 * 1024));
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("garbage", garbage),
+        ("http", b"GET / HTTP/1.1\r\nHost: mesh\r\n\r\n".to_vec()),
+        ("ff", vec![0xFF; 8]),
+        ("1 GiB frame", huge),
+    ];
+    for (what, bytes) in cases {
+        let address = address.clone();
+        let local = tokio::task::spawn_blocking(move || send_and_wait_for_close(&address, &bytes))
+            .await
+            .unwrap();
+        // The node names the connection it refused.
+        logged(&nodes[0], &format!("address={local}")).await;
+        // The established link was not disturbed.
+        let linked = client.linked_names("node-0").await.expect("node answers");
+        assert_eq!(linked, ["node-0", "node-1"], "after {what}");
+        let reply = ok(client
+            .call(Some("node-1"), "counter/c", json!({"get": {}}))
+            .await);
+        assert_eq!(reply, json!({"value": 1}), "after {what}");
+    }
+    let after = rss_kib(nodes[0].pid());
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB: junk made the node allocate"
+    );
+    let log = nodes[0].log_text();
+    assert!(!log.contains("link lost"), "a link dropped:\n{log}");
+    drop(nodes.drain(..));
+}
+
+#[tokio::test]
+async fn oversized_and_deeply_nested_gateway_json_gets_an_error_reply() {
+    let nats = Nats::start().await;
+    let mut spec = NodeSpec::new("gw", "node-0", "fr-par-1");
+    spec.extra = vec!["--gateway-allow".into(), "counter,echo".into()];
+    // Requests above twice this are too large, well under NATS's 1 MiB.
+    spec.extra
+        .extend(["--max-message-bytes".into(), "65536".into()]);
+    let node = MeshNode::start(&nats, spec);
+    let client = Client::connect(&nats, "gw").await;
+    client.converged(&[&node]).await;
+
+    let big = format!(
+        r#"{{"agent":"counter/a","msg":{{"add":1}},"pad":"{}"}}"#,
+        "x".repeat(200 << 10)
+    );
+    assert_eq!(
+        error_code(client.raw_call("node-0", big.as_bytes()).await),
+        "too_large"
+    );
+    let nested = format!(
+        r#"{{"agent":"counter/a","msg":{}{}}}"#,
+        "[".repeat(30_000),
+        "]".repeat(30_000)
+    );
+    let reply = client.raw_call("node-0", nested.as_bytes()).await;
+    match reply {
+        mesh::gateway::Response::Error(e) => {
+            assert_eq!(e.code, "bad_request");
+            assert!(e.message.contains("nests"), "{}", e.message);
+        }
+        other => panic!("deep nesting accepted: {other:?}"),
+    }
+    // Operator requests are bounded too.
+    let admin = format!(r#"{{"op":"members","x":{}}}"#, "[".repeat(70_000));
+    let answer = client
+        .nats
+        .request(subjects::node_admin("gw", "node-0"), admin.into())
+        .await
+        .unwrap();
+    let answer: mesh::gateway::Response = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(error_code(answer), "too_large");
+
+    // The allow-list: relay is a kind the node runs, but not open.
+    let refused = client
+        .call(
+            Some("node-0"),
+            "relay/r",
+            json!({"to": "echo/e", "msg": "hi"}),
+        )
+        .await;
+    assert_eq!(error_code(refused), "forbidden");
+    logged(&node, "refused a gateway request").await;
+
+    // The node still serves.
+    let reply = ok(client
+        .call(Some("node-0"), "counter/a", json!({"add": 2}))
+        .await);
+    assert_eq!(reply, json!({"value": 2}));
+}
