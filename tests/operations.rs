@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::{
-    error_code, free_port, meshctl, meshctl_ok, ok, wait_until, Client, MeshNode, Nats, NodeSpec,
+    error_code, free_port, meshctl, meshctl_ok, ok, wait_until, Client, MeshNode, Nats,
+    NatsCluster, NodeSpec,
 };
 
 /// GETs `path` from `port` on loopback: the status code and the body.
@@ -528,4 +529,34 @@ async fn the_dashboard_and_alert_rules_use_only_metrics_a_node_exports() {
         "not exported: {missing:?}\n{exposition}"
     );
     assert!(used.len() >= 20, "{used:?}");
+}
+
+#[tokio::test]
+async fn status_names_a_nats_server_that_is_down() {
+    let mut nats = NatsCluster::start(3).await;
+    let urls = nats.urls();
+    let mut spec = NodeSpec::new("natsdown", "node-a", "fr-par-1");
+    spec.extra = vec!["--kv-replicas".into(), "3".into()];
+    let node = MeshNode::start_with(&urls, spec);
+    let client = Client::connect_to(&urls, "natsdown").await;
+    client.converged(&[&node]).await;
+    let report = status_json(&urls, "natsdown");
+    assert_eq!(report["warnings"], json!([]), "{report:#}");
+
+    // Killed: its URL refuses connections, and the ownership bucket's
+    // replica group stops hearing from it (whether it led the group or not).
+    let dead = nats.stop(2);
+    let warnings = wait_until("status to name s2", Duration::from_secs(30), || {
+        let warnings = status_json(&urls, "natsdown")["warnings"].to_string();
+        async move {
+            warnings
+                .contains("NATS server s2 looks down")
+                .then_some(warnings)
+        }
+    })
+    .await;
+    assert!(
+        warnings.contains(&format!("NATS server {dead} is unreachable")),
+        "{warnings}"
+    );
 }

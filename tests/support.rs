@@ -201,6 +201,13 @@ impl NatsCluster {
         urls.join(",")
     }
 
+    /// Stops server `i` (its data stays) and returns its client URL.
+    pub fn stop(&mut self, i: usize) -> String {
+        let (child, client, _) = &mut self.servers[i];
+        stop_child(child);
+        format!("nats://127.0.0.1:{client}")
+    }
+
     /// Stops every server (data stays).
     pub fn stop_all(&mut self) {
         for (child, _, _) in &mut self.servers {

@@ -12,6 +12,9 @@ use super::{Ctl, Failure};
 
 /// How long probing one NATS server may take.
 const NATS_PROBE: Duration = Duration::from_secs(2);
+/// A bucket replica silent for this long counts as a server down, before
+/// JetStream itself marks it offline.
+const REPLICA_SILENT: Duration = Duration::from_secs(5);
 
 impl Ctl {
     /// Prints the cluster at a glance.
@@ -106,9 +109,22 @@ impl Ctl {
                     if cluster.leader.is_none() {
                         down.push("the ownership bucket has no leader: placement is frozen".into());
                     }
-                    for peer in cluster.replicas.iter().filter(|p| p.offline) {
+                    for peer in &cluster.replicas {
+                        // A new leader that never heard from a replica
+                        // reports it behind with no last contact.
+                        let why = if peer.offline {
+                            "offline".to_owned()
+                        } else if peer.active > REPLICA_SILENT {
+                            let silent = Duration::from_secs(peer.active.as_secs());
+                            format!("silent for {}", humantime::format_duration(silent))
+                        } else if !peer.current && peer.active.is_zero() {
+                            "behind and silent since the leader changed".to_owned()
+                        } else {
+                            continue;
+                        };
                         down.push(format!(
-                            "NATS server {} is offline (a replica of the ownership bucket)",
+                            "NATS server {} looks down: its replica of the ownership \
+                             bucket is {why}",
                             peer.name
                         ));
                     }
