@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
-use topology::NodeKind;
+use topology::{NodeKind, Topology};
 
 /// The cluster a node joins when none is given.
 pub const DEFAULT_CLUSTER: &str = "mesh";
@@ -180,6 +180,9 @@ pub struct NodeArgs {
         value_name = "KINDS"
     )]
     pub gateway_allow: Option<Vec<String>>,
+    /// Topology file: extra zones, node inventory, placement policies.
+    #[arg(long, env = "MESH_TOPOLOGY", value_name = "FILE")]
+    pub topology: Option<PathBuf>,
 }
 
 /// The keys of the configuration file; all optional.
@@ -212,6 +215,7 @@ struct FileConfig {
     kv_replicas: Option<usize>,
     metrics_listen: Option<String>,
     gateway_allow: Option<Vec<String>>,
+    topology: Option<PathBuf>,
 }
 
 /// A node's checked configuration.
@@ -265,6 +269,11 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The agent kinds gateway calls may reach; all when `None`.
     pub gateway_allow: Option<Vec<String>>,
+    /// Zones, inventory and placement policies (empty without a file).
+    pub topology: Topology,
+    /// Whether snapshots were configured explicitly, and so may be shared
+    /// between nodes: only then can an agent with `local` state move.
+    pub snapshots_shared: bool,
 }
 
 /// Where snapshots are written.
@@ -343,6 +352,14 @@ impl Config {
         let kind = kind_text
             .parse::<NodeKind>()
             .map_err(|_| invalid("kind", &kind_text, "expected elastic-metal or instance"))?;
+        let topology = match args.topology.or(file.topology) {
+            Some(path) => {
+                let topology = read_topology(&path)?;
+                check_against_topology(&topology, &path, &name, &zone, kind)?;
+                topology
+            }
+            None => Topology::default(),
+        };
 
         let mut capabilities = args.capabilities.or(file.capabilities).unwrap_or_default();
         for capability in &capabilities {
@@ -426,8 +443,10 @@ impl Config {
         }
         let call_timeout = duration("call_timeout", text(args.call_timeout, file.call_timeout))?
             .unwrap_or(DEFAULT_CALL_TIMEOUT);
+        let snapshots_text = text(args.snapshots, file.snapshots);
+        let snapshots_shared = snapshots_text.is_some();
         let snapshots = snapshot_target(
-            text(args.snapshots, file.snapshots),
+            snapshots_text,
             text(args.s3_endpoint, file.s3_endpoint),
             text(args.s3_region, file.s3_region),
             &data_dir,
@@ -503,8 +522,46 @@ impl Config {
             kv_replicas,
             metrics_listen,
             gateway_allow,
+            topology,
+            snapshots_shared,
         })
     }
+}
+
+/// Reads and checks a topology file; an error names the file and the
+/// problem in one line.
+pub fn read_topology(path: &Path) -> Result<Topology, ConfigError> {
+    let shown = path.display();
+    let text = read_bounded(path, MAX_CONFIG_BYTES)
+        .map_err(|e| ConfigError(format!("cannot read topology file {shown}: {e}")))?;
+    Topology::parse(&text).map_err(|e| ConfigError(format!("{shown}: {e}")))
+}
+
+/// Checks that this node's zone is known to the topology, and that its
+/// inventory entry, if any, agrees with the node's settings.
+fn check_against_topology(
+    topology: &Topology,
+    path: &Path,
+    name: &str,
+    zone: &str,
+    kind: NodeKind,
+) -> Result<(), ConfigError> {
+    let shown = path.display();
+    if !topology.knows_zone(zone) {
+        let why = format!("not a Scaleway zone and not declared in {shown}");
+        return Err(invalid("zone", zone, why));
+    }
+    if let Some(listed) = topology.node(name) {
+        if listed.zone != zone {
+            let why = format!("{shown} puts node {name} in zone {}", listed.zone);
+            return Err(invalid("zone", zone, why));
+        }
+        if listed.kind != kind {
+            let why = format!("{shown} says node {name} is of kind {}", listed.kind);
+            return Err(invalid("kind", kind.as_str(), why));
+        }
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -25,6 +25,9 @@ pub enum Location {
     Local,
     /// Another node hosts it.
     Remote(String),
+    /// No node may host it now (no live node satisfies its kind's
+    /// placement policy), for this reason.
+    Nowhere(String),
 }
 
 /// One live agent.

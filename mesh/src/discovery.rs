@@ -149,9 +149,12 @@ impl Discovery {
         let mut heartbeat = tokio::time::interval(config.heartbeat);
         let mut check = tokio::time::interval(MAX_CHECK_INTERVAL.min(config.heartbeat));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.shared.clone();
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => self.announce().await,
+                // The draining state changed: say so at once.
+                _ = shared.announce_now.notified() => self.announce().await,
                 _ = check.tick() => self.check(),
                 Some(msg) = announcements.next() => self.announced(&msg.payload).await,
                 Some(msg) = goodbyes.next() => self.said_goodbye(&msg.payload),
@@ -247,12 +250,16 @@ impl Discovery {
                 "ignored an announcement of another version",
             );
         }
-        let changes = self
-            .shared
-            .members
-            .write()
-            .expect("members lock")
-            .observe(info, Instant::now());
+        let (name, draining) = (info.name.clone(), info.draining);
+        let (was_draining, changes) = {
+            let mut members = self.shared.members.write().expect("members lock");
+            let was = members.get(&name).is_some_and(|m| m.info.draining);
+            (was, members.observe(info, Instant::now()))
+        };
+        if was_draining && !draining {
+            // Undrained: its agents may come back.
+            self.shared.moves.attract(&name);
+        }
         let someone_new = changes.iter().any(|c| matches!(c, Change::Joined(_)));
         self.publish_changes(changes);
         if someone_new {
@@ -315,13 +322,16 @@ impl Discovery {
     fn publish_changes(&self, changes: Vec<Change>) {
         for change in changes {
             match &change {
-                Change::Joined(info) => info!(
-                    peer = %info.name,
-                    zone = %info.zone,
-                    kind = %info.kind,
-                    link = %info.link,
-                    "node joined"
-                ),
+                Change::Joined(info) => {
+                    info!(
+                        peer = %info.name,
+                        zone = %info.zone,
+                        kind = %info.kind,
+                        link = %info.link,
+                        "node joined"
+                    );
+                    self.shared.moves.joined(&info.name, info.incarnation);
+                }
                 Change::Left { name, reason, .. } => {
                     info!(peer = %name, reason = reason.as_str(), "node left")
                 }

@@ -86,6 +86,27 @@ pub enum AdminRequest {
         #[serde(default)]
         progress: Option<String>,
     },
+    /// Drain the answering node: move its agents away, take no new ones.
+    /// Asking again reports progress.
+    Drain,
+    /// Stop draining the answering node: it takes agents again.
+    Undrain,
+}
+
+/// The answer to [`AdminRequest::Drain`] and [`AdminRequest::Undrain`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrainReply {
+    /// The answering node.
+    pub node: String,
+    /// Whether it is draining now.
+    pub draining: bool,
+    /// How many agents are still live on it.
+    pub agents: usize,
+    /// How many agents it has moved away since it started.
+    pub moved: u64,
+    /// Agents that cannot move, with the reason.
+    #[serde(default)]
+    pub blocked: Vec<FailedAgent>,
 }
 
 /// A snapshot as `meshctl snapshots` shows it.
@@ -179,6 +200,9 @@ pub struct MemberView {
     /// Whether its ownership lease is valid as the answering node sees it.
     #[serde(default)]
     pub lease: Option<bool>,
+    /// Whether it is draining (placement gives it no agents).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The answer to [`AdminRequest::Members`].
@@ -452,6 +476,7 @@ pub(crate) async fn admin(shared: &Shared, nats: &async_nats::Client, body: &[u8
             let node = match shared.locate(&id) {
                 Location::Local => shared.config.name.clone(),
                 Location::Remote(node) => node,
+                Location::Nowhere(reason) => return Response::error("unavailable", reason),
             };
             Ok(serde_json::json!({ "node": node }))
         }
@@ -515,6 +540,8 @@ pub(crate) async fn admin(shared: &Shared, nats: &async_nats::Client, body: &[u8
                 Err(e) => return Response::error("restore_failed", e.to_string()),
             }
         }
+        AdminRequest::Drain => serde_json::to_value(drain(shared, true)),
+        AdminRequest::Undrain => serde_json::to_value(drain(shared, false)),
     };
     Response::Ok(value.expect("admin replies encode"))
 }
@@ -543,6 +570,35 @@ fn status(shared: &Shared, nats: &async_nats::Client) -> NodeStatus {
     }
 }
 
+/// Sets the node's draining state, announces a change at once, and
+/// reports progress.
+fn drain(shared: &Shared, on: bool) -> DrainReply {
+    use std::sync::atomic::Ordering;
+    let was = shared.draining.swap(on, Ordering::AcqRel);
+    if was != on {
+        tracing::info!(draining = on, "draining state changed");
+        shared.announce_now.notify_one();
+    }
+    let blocked = if on {
+        shared.plan_moves(usize::MAX).blocked
+    } else {
+        Vec::new()
+    };
+    DrainReply {
+        node: shared.config.name.clone(),
+        draining: on,
+        agents: shared.directory.len(),
+        moved: shared.moves.moved.load(Ordering::Relaxed),
+        blocked: blocked
+            .into_iter()
+            .map(|(agent, reason)| FailedAgent {
+                agent: agent.to_string(),
+                reason,
+            })
+            .collect(),
+    }
+}
+
 fn members(shared: &Shared) -> MembersReply {
     let now = Instant::now();
     let now_ms = std::time::SystemTime::now()
@@ -565,6 +621,7 @@ fn members(shared: &Shared) -> MembersReply {
         age_s: age(me.started_ms),
         this: true,
         lease: shared.ownership.as_ref().map(|o| o.lease_valid()),
+        draining: me.draining,
     }];
     for member in view.iter() {
         let info = &member.info;
@@ -581,6 +638,7 @@ fn members(shared: &Shared) -> MembersReply {
             age_s: age(info.started_ms),
             this: false,
             lease: shared.ownership.as_ref().map(|o| o.is_alive(&info.name)),
+            draining: info.draining,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

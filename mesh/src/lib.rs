@@ -11,6 +11,8 @@
 //! - [`wire`]: the versioned frames links carry;
 //! - [`directory`]: where an agent lives (live here, or placed);
 //! - [`ownership`]: leases and single activation in NATS JetStream KV;
+//! - `placement`: the topology's policies applied to this node's view;
+//! - `rebalance`: agents handed off to joining nodes, and draining;
 //! - [`supervision`]: agents as actors under a per-node supervisor;
 //! - [`state`]: where an agent's state is loaded from and saved to;
 //! - [`storage`]: the node's sled store, with group commit and fencing;
@@ -36,6 +38,8 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod ownership;
+mod placement;
+mod rebalance;
 pub mod roster;
 pub mod signing;
 pub mod snapshot;

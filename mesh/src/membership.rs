@@ -45,6 +45,9 @@ pub struct Announcement {
     pub incarnation: u64,
     /// When the process started, in Unix milliseconds.
     pub started_ms: u64,
+    /// Whether the node is drained: placement gives it no agents.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// A node in this node's view.

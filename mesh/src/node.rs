@@ -74,6 +74,12 @@ pub(crate) struct Shared {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// Set once the node has announced itself.
     pub(crate) announced: std::sync::atomic::AtomicBool,
+    /// Set while the node is drained: placement skips it.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Wakes discovery to announce at once (the draining state changed).
+    pub(crate) announce_now: tokio::sync::Notify,
+    /// Agents being handed off, and nodes that attract agents.
+    pub(crate) moves: crate::rebalance::Moves,
     name: Arc<str>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_call: AtomicU64,
@@ -112,7 +118,7 @@ impl Caller for NodeCaller {
 
 /// Runs `f` with `id` as text (the placement key), written into a reused
 /// buffer: placement runs for every message to an agent not live here.
-fn with_placement_key<R>(id: &AgentId, f: impl FnOnce(&str) -> R) -> R {
+pub(crate) fn with_placement_key<R>(id: &AgentId, f: impl FnOnce(&str) -> R) -> R {
     use std::fmt::Write as _;
     thread_local! {
         static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
@@ -156,6 +162,7 @@ impl Shared {
             wire_max: wire::MAX_WIRE_VERSION,
             incarnation: self.incarnation,
             started_ms: self.started_ms,
+            draining: self.draining.load(Ordering::Acquire),
         }
     }
 
@@ -179,36 +186,7 @@ impl Shared {
                 lost_from = Some(owner.node);
             }
         }
-        with_placement_key(id, |key| {
-            let mut candidates: Vec<&str> = Vec::with_capacity(links.len() + 1);
-            candidates.push(&self.config.name);
-            candidates.extend(links.keys().map(String::as_str));
-            let chosen = match lost_from {
-                // An agent whose owner is gone moves as near to it as
-                // possible; only this rare path needs the members' zones.
-                Some(lost) => {
-                    let members = self.members.read().expect("members lock");
-                    let zone_of = |node: &&str| -> String {
-                        if *node == self.config.name {
-                            return self.config.zone.clone();
-                        }
-                        members
-                            .get(node)
-                            .map(|m| m.info.zone.clone())
-                            .unwrap_or_default()
-                    };
-                    match members.get(&lost) {
-                        Some(m) => topology::place_near(key, &candidates, &m.info.zone, zone_of),
-                        None => topology::place(key, &candidates),
-                    }
-                }
-                None => topology::place(key, &candidates),
-            };
-            match chosen {
-                Some(node) if *node != self.config.name => Location::Remote((*node).to_owned()),
-                _ => Location::Local,
-            }
-        })
+        self.place(id, &links, lost_from)
     }
 
     fn check_size(&self, payload: &[u8]) -> Result<(), CallError> {
@@ -290,6 +268,7 @@ impl Shared {
                 None
             }
             Location::Remote(node) => Some(self.send_call(node, to, payload, timeout, tx, hops)?),
+            Location::Nowhere(reason) => return Err(CallError::Unavailable { agent, reason }),
         };
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -385,6 +364,10 @@ impl Shared {
                 self.send_frame(&node, &Frame::Cast { to, payload })
                     .map_err(|reason| CallError::Unavailable { agent, reason })
             }
+            Location::Nowhere(reason) => Err(CallError::Unavailable {
+                agent: to.to_string(),
+                reason,
+            }),
         }
     }
 
@@ -410,6 +393,9 @@ impl Shared {
 
     /// Hands a message to a local agent, activating it if needed.
     pub(crate) fn deliver(&self, delivery: Delivery) {
+        if self.moves.is_moving(&delivery.to) {
+            return self.strong().hold(delivery);
+        }
         let delivery = match self.directory.live(&delivery.to) {
             Some(actor) => match actor.send_message(delivery) {
                 Ok(()) => return,
@@ -858,6 +844,9 @@ impl Node {
             roster_wake: tokio::sync::Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             announced: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            announce_now: tokio::sync::Notify::new(),
+            moves: crate::rebalance::Moves::default(),
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             supervisor: OnceLock::new(),
@@ -896,6 +885,9 @@ impl Node {
             let refresh = crate::roster::refresh_forever(roster.clone(), shared.clone());
             background.push(tokio::spawn(refresh));
         }
+        background.push(tokio::spawn(crate::rebalance::rebalance_forever(
+            shared.clone(),
+        )));
         info!(
             node = %shared.config.name,
             cluster = %shared.config.cluster,

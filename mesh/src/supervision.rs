@@ -586,6 +586,21 @@ async fn activate_and_deliver(
         }
         return;
     }
+    // A message bounced off an agent that is moving away waits for the move.
+    if shared.moves.is_moving(&delivery.to) {
+        return shared.hold(delivery);
+    }
+    // The kind's policy may not admit this node, or the node may be full.
+    match shared.redirect(&delivery.to) {
+        None => {}
+        Some(Ok(node)) => return shared.forward(delivery, node),
+        Some(Err(reason)) => {
+            let agent = delivery.to.to_string();
+            return delivery
+                .reply
+                .send(Err(CallError::Unavailable { agent, reason }));
+        }
+    }
     let kind = match shared.registry.kind_of(&delivery.to) {
         Ok(kind) => kind.clone(),
         Err(e) => return delivery.reply.send(Err(e)),

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mesh::gateway::{AdminRequest, AgentsReply, CallRequest, MembersReply, Response, SnapshotView};
+use mesh::gateway::{
+    AdminRequest, AgentsReply, CallRequest, DrainReply, MembersReply, Response, SnapshotView,
+};
 use mesh::subjects;
 
 #[path = "meshctl/status.rs"]
@@ -89,6 +91,25 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Move every agent off a node (before maintenance) and report
+    /// progress until none is left; the node takes no new agents.
+    Drain {
+        /// The node to drain.
+        node: String,
+        /// How long to wait for the last agent to leave, such as 5m.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Let a drained node take agents again.
+    Undrain {
+        /// The node.
+        node: String,
+    },
+    /// Work with topology files.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
     /// Send a JSON message to an agent without waiting for a reply.
     Send {
         /// The agent, as kind/name.
@@ -98,6 +119,15 @@ enum Command {
         /// Enter the mesh through this node instead of any.
         #[arg(long)]
         node: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// Check a topology file; a problem is named in one line (exit 2).
+    Check {
+        /// The topology file (TOML).
+        file: std::path::PathBuf,
     },
 }
 
@@ -138,6 +168,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         let mut command = Cli::command();
         clap_complete::generate(shell, &mut command, "meshctl", &mut std::io::stdout());
         return Ok(());
+    }
+    if let Command::Topology {
+        command: TopologyCommand::Check { file },
+    } = &cli.command
+    {
+        return check_topology(file);
     }
     let valid_cluster = !cli.cluster.is_empty()
         && cli
@@ -196,7 +232,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Agents => ctl.agents(cli.json).await,
         Command::Status => ctl.status(&cli.nats, cli.json).await,
         Command::Snapshot { node } => ctl.snapshot(node).await,
-        Command::Completions { .. } => unreachable!("answered before connecting"),
+        Command::Completions { .. } | Command::Topology { .. } => {
+            unreachable!("answered before connecting")
+        }
+        Command::Drain { node, wait } => ctl.drain(&node, wait).await,
+        Command::Undrain { node } => ctl.undrain(&node).await,
         Command::Snapshots {
             command: SnapshotsCommand::List { node },
         } => ctl.snapshots(node, cli.json).await,
@@ -212,6 +252,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
 }
+
+/// Checks a topology file and summarizes it.
+fn check_topology(file: &std::path::Path) -> Result<(), Failure> {
+    let topology = mesh::config::read_topology(file).map_err(|e| Failure(2, e.to_string()))?;
+    println!(
+        "{}: ok: {} nodes, {} policies ({})",
+        file.display(),
+        topology.nodes.len(),
+        topology.policies.len(),
+        topology
+            .policies
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// How often `meshctl drain` asks for progress.
+const DRAIN_POLL: Duration = Duration::from_millis(500);
 
 struct Ctl {
     client: async_nats::Client,
@@ -294,7 +355,7 @@ impl Ctl {
                 m.name,
                 m.zone,
                 m.kind,
-                m.status,
+                if m.draining { "draining" } else { &m.status },
                 if m.this {
                     "self"
                 } else if m.linked {
@@ -504,6 +565,60 @@ impl Ctl {
             report.bytes,
             report.bytes as f64 / 1e6 / secs.max(1e-3)
         );
+        Ok(())
+    }
+
+    async fn drain_request(&self, node: &str, on: bool) -> Result<DrainReply, Failure> {
+        let request = if on {
+            AdminRequest::Drain
+        } else {
+            AdminRequest::Undrain
+        };
+        let subject = subjects::node_admin(&self.cluster, node);
+        let value = self.admin(subject, &request).await?;
+        serde_json::from_value(value).map_err(|e| Failure::mesh(format!("unreadable answer: {e}")))
+    }
+
+    async fn drain(&self, node: &str, wait: Duration) -> Result<(), Failure> {
+        let started = std::time::Instant::now();
+        let mut shown = None;
+        loop {
+            let reply = self.drain_request(node, true).await?;
+            if shown != Some(reply.agents) {
+                println!("draining {node}: {} agents left", reply.agents);
+                shown = Some(reply.agents);
+            }
+            if reply.agents == 0 {
+                println!("{node} is drained ({} agents moved)", reply.moved);
+                return Ok(());
+            }
+            // Agents that cannot move keep the node from draining: say so.
+            if !reply.blocked.is_empty() && reply.blocked.len() == reply.agents {
+                for b in &reply.blocked {
+                    eprintln!("meshctl: {} cannot move: {}", b.agent, b.reason);
+                }
+                return Err(Failure::mesh(format!(
+                    "{node} keeps {} agents that cannot move",
+                    reply.agents
+                )));
+            }
+            if started.elapsed() > wait {
+                return Err(Failure(
+                    4,
+                    format!(
+                        "{node} still has {} agents after {}",
+                        reply.agents,
+                        humantime::format_duration(wait)
+                    ),
+                ));
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    async fn undrain(&self, node: &str) -> Result<(), Failure> {
+        let reply = self.drain_request(node, false).await?;
+        println!("{node} takes agents again ({} live)", reply.agents);
         Ok(())
     }
 

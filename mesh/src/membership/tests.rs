@@ -13,6 +13,7 @@ fn announcement(name: &str, incarnation: u64) -> Announcement {
         wire_max: 1,
         incarnation,
         started_ms: 0,
+        draining: false,
     }
 }
 

@@ -30,6 +30,7 @@ fn member(name: &str, zone: &str) -> MemberView {
         age_s: 60,
         this: false,
         lease: Some(true),
+        draining: false,
     }
 }
 
