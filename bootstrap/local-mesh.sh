@@ -5,11 +5,14 @@
 #   bootstrap/local-mesh.sh up       start it (does nothing if it runs)
 #   bootstrap/local-mesh.sh status   what runs, and the member list
 #   bootstrap/local-mesh.sh down     stop it (the logs stay)
+#   bootstrap/local-mesh.sh army [N] up, then N tasks (default 2000) through
+#                                    the task board, with progress each second
 #
 # Environment:
 #   MESH_BIN_DIR           take mesh-node and meshctl from this folder instead
 #                          of building them with cargo build --release
 #   MESH_LOCAL_NATS_PORT   NATS client port (default 4222)
+#   MESH_LOCAL_WORKERS     worker agents per node (default 4)
 #   RUST_LOG               passed to the nodes; other MESH_* variables are not
 #
 # State, logs and pid files live in .mesh-local/ at the repository root.
@@ -295,7 +298,8 @@ start_node() {
 		--cluster "$cluster" --name "$name" --zone "$zone" --kind "$kind" \
 		--nats "$nats_url" --listen "127.0.0.1:$port" \
 		--data-dir "$state/$name" --secret-file "$state/secret" \
-		--snapshots "file://$state/snapshots"
+		--snapshots "file://$state/snapshots" \
+		--workers "${MESH_LOCAL_WORKERS:-4}"
 	printf '%s\n' "$launched_pid" >"$state/$name.pid"
 	say "mesh-node     $name started, pid $launched_pid, zone $zone, $kind, link 127.0.0.1:$port (log: $(shown "$log"))"
 }
@@ -535,8 +539,43 @@ cmd_status() {
 	return 3
 }
 
+# The army at work: a stream of tasks through board/main, run by the
+# nodes' workers, with one progress line per second until all are done.
+cmd_army() {
+	local count=${1:-2000}
+	[[ $count =~ ^[1-9][0-9]{0,6}$ ]] || die "army takes a task count (1-9999999), not '$count'"
+	cmd_up
+	# The mesh runs; other local-mesh.sh commands may go ahead meanwhile.
+	exec 9>&- || true
+	find_meshctl
+	[ -n "$meshctl" ] || die "meshctl not found (set MESH_BIN_DIR)"
+	local ctl=("$meshctl" --nats "$nats_url" --cluster "$cluster") sleeps=$((count * 4 / 5))
+	say ""
+	say "submitting $count tasks: $sleeps sleep (200 ms) and $((count - sleeps)) sha256 (CPU),"
+	say "about 60 per second. Kill a node meanwhile (kill -9 \$(cat $(shown "$state")/ams-1.pid))"
+	say "and watch its zone stop while the others carry on; Ctrl-C stops watching."
+	say ""
+	local stamp
+	stamp=$(date +%s)
+	"${ctl[@]}" tasks submit sleep '{"ms": 200}' --id "sleep-$stamp" \
+		--count "$sleeps" --rate 48 >/dev/null &
+	local submit_sleeps=$!
+	if [ $((count - sleeps)) -gt 0 ]; then
+		"${ctl[@]}" tasks submit sha256 '{"data": "army", "rounds": 200000}' \
+			--id "sha-$stamp" --count $((count - sleeps)) --rate 12 >/dev/null &
+	fi
+	local submit_hashes=${!:-}
+	trap 'kill "$submit_sleeps" ${submit_hashes:+"$submit_hashes"} 2>/dev/null || true' EXIT
+	# Wait for the first submissions, so the board has work before watching.
+	sleep 1
+	"${ctl[@]}" tasks watch --until-idle
+	wait "$submit_sleeps" ${submit_hashes:+"$submit_hashes"} 2>/dev/null || true
+	"${ctl[@]}" tasks stats
+}
+
 case ${1:-} in
 up) cmd_up ;;
+army) cmd_army "${2:-}" ;;
 down) cmd_down ;;
 status) cmd_status ;;
 -h | --help | help)

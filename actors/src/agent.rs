@@ -71,6 +71,15 @@ pub trait Agent: Send + 'static {
         false
     }
 
+    /// The node an agent of this kind called `name` must live on, if the
+    /// kind pins its agents; `None` (the default) lets placement choose.
+    ///
+    /// A pinned agent never fails over: while its node is away, calls to
+    /// it fail with [`CallError::Unavailable`].
+    fn pinned_node(_name: &str) -> Option<&str> {
+        None
+    }
+
     /// Handles one message and returns the reply.
     ///
     /// An error is returned to the caller; a panic crashes the agent, which
@@ -226,11 +235,28 @@ pub trait Caller: Send + Sync + 'static {
     fn cast(&self, to: AgentId, payload: Vec<u8>) -> Result<(), CallError>;
 }
 
+/// Where an agent runs: its node's name, zone, region, kind and
+/// capabilities, as the node's configuration gives them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    /// The node's name.
+    pub node: String,
+    /// Its zone, such as `fr-par-1`.
+    pub zone: String,
+    /// Its region, such as `fr-par`.
+    pub region: String,
+    /// Its host kind, such as `elastic-metal`.
+    pub kind: String,
+    /// Its capability labels, such as `gpu`, sorted.
+    pub capabilities: Vec<String>,
+}
+
 /// What a handler knows about where it runs, and its way to other agents.
 #[derive(Clone)]
 pub struct Context {
     id: AgentId,
     node: Arc<str>,
+    facts: Arc<NodeFacts>,
     caller: Arc<dyn Caller>,
     registry: Arc<Registry>,
 }
@@ -252,12 +278,33 @@ impl Context {
         caller: Arc<dyn Caller>,
         registry: Arc<Registry>,
     ) -> Self {
+        let facts = Arc::new(NodeFacts {
+            node: node.to_string(),
+            ..NodeFacts::default()
+        });
         Context {
             id,
             node,
+            facts,
             caller,
             registry,
         }
+    }
+
+    /// The same context, with the facts of the node it runs on.
+    pub fn with_facts(mut self, facts: Arc<NodeFacts>) -> Self {
+        self.facts = facts;
+        self
+    }
+
+    /// The facts of the node the agent lives on (zone, kind, capabilities).
+    pub fn facts(&self) -> &NodeFacts {
+        &self.facts
+    }
+
+    /// The task handlers registered on this node (see [`crate::tasks`]).
+    pub fn tasks(&self) -> &crate::tasks::TaskHandlers {
+        self.registry.tasks()
     }
 
     /// The agent this context belongs to.
@@ -288,6 +335,17 @@ impl Context {
         codec::decode(&reply).map_err(|e| CallError::Internal {
             reason: format!("reply from {agent}: {e}"),
         })
+    }
+
+    /// Sends agent `A::KIND/name` a typed message without waiting.
+    pub fn cast<A: Agent>(&self, name: &str, msg: &A::Message) -> Result<(), CallError> {
+        let to = AgentId::new(A::KIND, name).map_err(|e| CallError::Internal {
+            reason: e.to_string(),
+        })?;
+        let payload = codec::encode(msg).map_err(|e| CallError::Internal {
+            reason: e.to_string(),
+        })?;
+        self.caller.cast(to, payload)
     }
 
     /// Calls any agent with a JSON message and returns its JSON reply.

@@ -10,9 +10,13 @@
 //! - [`json`]: a JSON value that also travels in the binary codec;
 //! - [`registry`]: the kinds a node can host, with type erasure so the
 //!   runtime can route raw bytes and JSON;
-//! - built-in kinds: [`echo`], [`counter`], [`relay`], [`probe`].
+//! - [`tasks`]: task handlers, which workers run (`sleep`, `sha256`,
+//!   `exec` built in);
+//! - built-in kinds: [`echo`], [`counter`], [`relay`], [`probe`], and the
+//!   army: [`board`] (a durable task queue) and [`worker`].
 
 pub mod agent;
+pub mod board;
 pub mod codec;
 pub mod counter;
 pub mod echo;
@@ -21,8 +25,10 @@ pub mod json;
 pub mod probe;
 pub mod registry;
 pub mod relay;
+pub mod tasks;
+pub mod worker;
 
-pub use agent::{Agent, AgentError, CallError, Caller, Context, Durability};
+pub use agent::{Agent, AgentError, CallError, Caller, Context, Durability, NodeFacts};
 pub use id::{AgentId, AgentIdError};
 pub use json::Json;
 pub use registry::{Kind, Outcome, Registry};
@@ -35,5 +41,7 @@ pub fn builtin_registry() -> Registry {
     registry.register::<counter::ReplicatedCounter>();
     registry.register::<relay::Relay>();
     registry.register::<probe::Probe>();
+    registry.register::<board::Board>();
+    registry.register::<worker::Worker>();
     registry
 }

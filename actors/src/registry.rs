@@ -15,6 +15,7 @@ use serde::Deserialize as _;
 use crate::agent::{Agent, CallError, Context, Durability};
 use crate::codec;
 use crate::id::AgentId;
+use crate::tasks::{TaskHandler, TaskHandlers};
 
 /// An agent kind with its types erased.
 pub trait Kind: Send + Sync + 'static {
@@ -36,6 +37,8 @@ pub trait Kind: Send + Sync + 'static {
     fn restart_limit(&self) -> (u32, std::time::Duration);
     /// Whether the encoded message may be delivered twice.
     fn is_idempotent(&self, payload: &[u8]) -> bool;
+    /// The node agent `name` of this kind is pinned to, if any.
+    fn pinned_node<'a>(&self, name: &'a str) -> Option<&'a str>;
     /// A live instance, from a stored state (`version`, bytes) or fresh.
     fn instantiate(&self, stored: Option<(u16, &[u8])>) -> Result<Box<dyn Instance>, CallError>;
 }
@@ -110,6 +113,10 @@ impl<A: Agent> Kind for TypedKind<A> {
         codec::decode::<A::Message>(payload).is_ok_and(|m| A::is_idempotent(&m))
     }
 
+    fn pinned_node<'a>(&self, name: &'a str) -> Option<&'a str> {
+        A::pinned_node(name)
+    }
+
     fn instantiate(&self, stored: Option<(u16, &[u8])>) -> Result<Box<dyn Instance>, CallError> {
         let unreadable = |reason: String| CallError::Internal {
             reason: format!("stored {} state is unreadable: {reason}", A::KIND),
@@ -176,6 +183,7 @@ impl<A: Agent> TypedInstance<A> {
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn Kind>>,
+    tasks: TaskHandlers,
 }
 
 impl std::fmt::Debug for Registry {
@@ -207,6 +215,23 @@ impl Registry {
         self.get(id.kind()).ok_or_else(|| CallError::UnknownKind {
             kind: id.kind().to_owned(),
         })
+    }
+
+    /// Adds a task handler for workers on this node, under `task_type`,
+    /// replacing any handler of that type (built-in ones included).
+    pub fn register_task(&mut self, task_type: &str, handler: impl TaskHandler) -> &mut Self {
+        self.tasks.register(task_type, handler);
+        self
+    }
+
+    /// The task handlers of this node.
+    pub fn tasks(&self) -> &TaskHandlers {
+        &self.tasks
+    }
+
+    /// The task handlers, to add to before the node starts.
+    pub fn tasks_mut(&mut self) -> &mut TaskHandlers {
+        &mut self.tasks
     }
 
     /// The names of all registered kinds, sorted.

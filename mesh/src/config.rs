@@ -183,6 +183,18 @@ pub struct NodeArgs {
     /// Topology file: extra zones, node inventory, placement policies.
     #[arg(long, env = "MESH_TOPOLOGY", value_name = "FILE")]
     pub topology: Option<PathBuf>,
+    /// Worker agents this node hosts for the task board [default: 0].
+    #[arg(long, env = "MESH_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Programs the `exec` task may run (comma separated) [default: none,
+    /// which disables `exec`].
+    #[arg(
+        long,
+        env = "MESH_EXEC_ALLOW",
+        value_delimiter = ',',
+        value_name = "PROGRAMS"
+    )]
+    pub exec_allow: Option<Vec<String>>,
 }
 
 /// The keys of the configuration file; all optional.
@@ -216,6 +228,8 @@ struct FileConfig {
     metrics_listen: Option<String>,
     gateway_allow: Option<Vec<String>>,
     topology: Option<PathBuf>,
+    workers: Option<usize>,
+    exec_allow: Option<Vec<String>>,
 }
 
 /// A node's checked configuration.
@@ -274,7 +288,14 @@ pub struct Config {
     /// Whether snapshots were configured explicitly, and so may be shared
     /// between nodes: only then can an agent with `local` state move.
     pub snapshots_shared: bool,
+    /// How many worker agents this node hosts.
+    pub workers: usize,
+    /// Programs the `exec` task may run; empty disables it.
+    pub exec_allow: Vec<String>,
 }
+
+/// The most worker agents one node hosts.
+pub const MAX_WORKERS: usize = 1024;
 
 /// Where snapshots are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -489,6 +510,25 @@ impl Config {
         for kind in gateway_allow.iter().flatten() {
             check_token("gateway_allow", kind)?;
         }
+        let workers = args.workers.or(file.workers).unwrap_or(0);
+        if workers > MAX_WORKERS {
+            return Err(invalid(
+                "workers",
+                &workers.to_string(),
+                format!("must be at most {MAX_WORKERS}"),
+            ));
+        }
+        let exec_allow = args.exec_allow.or(file.exec_allow).unwrap_or_default();
+        if let Some(bad) = exec_allow
+            .iter()
+            .find(|p| p.trim().is_empty() || p.contains(' '))
+        {
+            return Err(invalid(
+                "exec_allow",
+                bad,
+                "give program names or paths, without arguments or spaces",
+            ));
+        }
         if lease < Duration::from_millis(200) {
             return Err(invalid(
                 "lease",
@@ -524,6 +564,8 @@ impl Config {
             gateway_allow,
             topology,
             snapshots_shared,
+            workers,
+            exec_allow,
         })
     }
 }

@@ -587,7 +587,14 @@ fn drain(shared: &Shared, on: bool) -> DrainReply {
     DrainReply {
         node: shared.config.name.clone(),
         draining: on,
-        agents: shared.directory.len(),
+        // Agents pinned to this node (workers) stay; they take no work
+        // while it drains.
+        agents: shared
+            .directory
+            .names()
+            .iter()
+            .filter(|id| shared.pinned_node(id).is_none())
+            .count(),
         moved: shared.moves.moved.load(Ordering::Relaxed),
         blocked: blocked
             .into_iter()

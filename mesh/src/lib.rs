@@ -23,11 +23,13 @@
 //! - [`metrics`]: what a node counts about itself;
 //! - [`status`]: the cluster at a glance, for `meshctl status`;
 //! - [`health`]: `/metrics`, `/healthz` and `/readyz` over HTTP;
+//! - [`army`]: keeps this node's worker agents pulling tasks;
 //! - [`node`]: the parts put together, and how a message is routed.
 //!
 //! The binary codec lives in [`actors::codec`], the lowest crate that needs
 //! it, so agents and links share one encoding.
 
+pub mod army;
 pub mod config;
 pub mod directory;
 pub mod discovery;

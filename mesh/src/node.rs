@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) announce_now: tokio::sync::Notify,
     /// Agents being handed off, and nodes that attract agents.
     pub(crate) moves: crate::rebalance::Moves,
+    /// What agents may know about this node (zone, kind, capabilities).
+    pub(crate) facts: Arc<actors::NodeFacts>,
     name: Arc<str>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_call: AtomicU64,
@@ -173,6 +175,12 @@ impl Shared {
         if self.directory.is_live(id) {
             return Location::Local;
         }
+        if let Some(node) = self.pinned_node(id) {
+            return match node == self.config.name {
+                true => Location::Local,
+                false => Location::Remote(node.to_owned()),
+            };
+        }
         let links = self.links.read().expect("link table lock");
         let mut lost_from = None;
         if let Some(ownership) = &self.ownership {
@@ -187,6 +195,12 @@ impl Shared {
             }
         }
         self.place(id, &links, lost_from)
+    }
+
+    /// The placement rule of kinds that pin their agents to one node
+    /// (workers): such an agent lives there or nowhere, never failing over.
+    pub(crate) fn pinned_node<'a>(&self, id: &'a AgentId) -> Option<&'a str> {
+        self.registry.get(id.kind())?.pinned_node(id.name())
     }
 
     fn check_size(&self, payload: &[u8]) -> Result<(), CallError> {
@@ -823,6 +837,15 @@ impl Node {
             }
         };
         let (link_tx, link_rx) = mpsc::unbounded_channel();
+        let mut registry = registry;
+        registry.tasks_mut().add_builtins(&config.exec_allow);
+        let facts = Arc::new(actors::NodeFacts {
+            node: config.name.clone(),
+            zone: config.zone.clone(),
+            region: topology::region_of(&config.zone).to_owned(),
+            kind: config.kind.to_string(),
+            capabilities: config.capabilities.clone(),
+        });
         let shared = Arc::new_cyclic(|me| Shared {
             members: RwLock::new(Membership::new(&config.name, config.member_timeout)),
             name: Arc::from(config.name.as_str()),
@@ -847,6 +870,7 @@ impl Node {
             draining: std::sync::atomic::AtomicBool::new(false),
             announce_now: tokio::sync::Notify::new(),
             moves: crate::rebalance::Moves::default(),
+            facts,
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             supervisor: OnceLock::new(),
@@ -888,6 +912,7 @@ impl Node {
         background.push(tokio::spawn(crate::rebalance::rebalance_forever(
             shared.clone(),
         )));
+        background.extend(crate::army::spawn_workers(&shared));
         info!(
             node = %shared.config.name,
             cluster = %shared.config.cluster,

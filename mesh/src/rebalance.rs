@@ -126,7 +126,7 @@ impl Shared {
         let nodes = self.placement_view(&links);
         let me = &self.config.name;
         for id in self.directory.names() {
-            if self.moves.is_moving(&id) {
+            if self.moves.is_moving(&id) || self.pinned_node(&id).is_some() {
                 continue;
             }
             let policy = self.config.topology.policy(id.kind());

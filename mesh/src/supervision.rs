@@ -610,7 +610,8 @@ async fn activate_and_deliver(
         shared.name_arc(),
         shared.caller(),
         shared.registry.clone(),
-    );
+    )
+    .with_facts(shared.facts.clone());
     let state = AgentState {
         id: delivery.to.clone(),
         kind,

@@ -11,6 +11,8 @@ use mesh::subjects;
 
 #[path = "meshctl/status.rs"]
 mod status;
+#[path = "meshctl/tasks.rs"]
+mod tasks;
 
 /// Talks to an agent mesh through NATS.
 ///
@@ -109,6 +111,11 @@ enum Command {
     Topology {
         #[command(subcommand)]
         command: TopologyCommand,
+    },
+    /// Submit, list, show and cancel tasks on the task board.
+    Tasks {
+        #[command(subcommand)]
+        command: tasks::TasksCommand,
     },
     /// Send a JSON message to an agent without waiting for a reply.
     Send {
@@ -216,6 +223,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             Some((request, node.clone()))
         }
+        Command::Tasks { command } => {
+            command.check()?;
+            None
+        }
         _ => None,
     };
     let client = mesh::connect_nats(&cli.nats, "meshctl")
@@ -250,6 +261,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let (request, node) = call.expect("parsed above");
             ctl.call(request, node, cli.json).await
         }
+        Command::Tasks { command } => ctl.tasks(command, cli.json).await,
     }
 }
 
