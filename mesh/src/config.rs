@@ -195,6 +195,10 @@ pub struct NodeArgs {
         value_name = "PROGRAMS"
     )]
     pub exec_allow: Option<Vec<String>>,
+    /// Link frame versions to speak, N or MIN-MAX, within the build's own
+    /// [default: all the build speaks]; see the README, "Upgrading".
+    #[arg(long, env = "MESH_WIRE_VERSIONS", value_name = "RANGE")]
+    pub wire_versions: Option<String>,
 }
 
 /// The keys of the configuration file; all optional.
@@ -230,6 +234,7 @@ struct FileConfig {
     topology: Option<PathBuf>,
     workers: Option<usize>,
     exec_allow: Option<Vec<String>>,
+    wire_versions: Option<String>,
 }
 
 /// A node's checked configuration.
@@ -292,6 +297,8 @@ pub struct Config {
     pub workers: usize,
     /// Programs the `exec` task may run; empty disables it.
     pub exec_allow: Vec<String>,
+    /// The link frame versions this node speaks.
+    pub wire_versions: crate::wire::VersionRange,
 }
 
 /// The most worker agents one node hosts.
@@ -529,6 +536,12 @@ impl Config {
                 "give program names or paths, without arguments or spaces",
             ));
         }
+        let wire_versions = match text(args.wire_versions, file.wire_versions) {
+            Some(t) => t
+                .parse()
+                .map_err(|e: String| invalid("wire_versions", &t, e))?,
+            None => crate::wire::VersionRange::BUILD,
+        };
         if lease < Duration::from_millis(200) {
             return Err(invalid(
                 "lease",
@@ -566,6 +579,7 @@ impl Config {
             snapshots_shared,
             workers,
             exec_allow,
+            wire_versions,
         })
     }
 }

@@ -11,7 +11,11 @@
 //!    timestamped ([`crate::signing`]); a forged, altered, stale or replayed
 //!    one is ignored and logged, so nobody without the secret can make
 //!    nodes dial an attacker or drop a member.
-//! 5. A node that notices its own clock jumped (it was paused) forgives its
+//! 5. A signed announcement of a format version this node does not read
+//!    (see [`ANNOUNCEMENT_VERSION`]) is ignored, and said so once per
+//!    sender, so a node of an incompatible release is visibly left out, not
+//!    silently; the version is read only after the signature checks out.
+//! 6. A node that notices its own clock jumped (it was paused) forgives its
 //!    peers' silence instead of declaring them all dead; so does a node that
 //!    lost NATS, until it is back: placement freezes rather than splits.
 
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::link::LinkEvent;
 use crate::membership::{Announcement, Change, ANNOUNCEMENT_VERSION};
@@ -78,6 +82,7 @@ pub(crate) async fn spawn(shared: Arc<Shared>, nats: async_nats::Client) -> anyh
         last_check: Instant::now(),
         frozen: false,
         impostor: None,
+        foreign: std::collections::HashSet::new(),
     };
     tokio::spawn(task.run(announcements, goodbyes, leave_rx));
     Ok(Handle { leave })
@@ -97,6 +102,8 @@ struct Discovery {
     last_signed_ms: std::sync::atomic::AtomicU64,
     guard: ReplayGuard,
     refusals: Refusals,
+    /// Senders (name, version) already reported for an unreadable version.
+    foreign: std::collections::HashSet<(String, u16)>,
 }
 
 /// Counts refused messages and logs each reason at most once per
@@ -136,6 +143,15 @@ fn claimed_sender(body: &[u8]) -> Option<String> {
     let inner = envelope.get("body")?.as_str()?;
     let claim: Claim = serde_json::from_str(inner).ok()?;
     Some(claim.name.chars().take(64).collect())
+}
+
+/// The part of an announcement every format version has.
+#[derive(Debug, Deserialize)]
+struct Header {
+    v: u16,
+    name: String,
+    #[serde(default)]
+    software: String,
 }
 
 impl Discovery {
@@ -218,11 +234,40 @@ impl Discovery {
         }
     }
 
+    /// Whether an opened announcement is of the format this node reads;
+    /// one of another format is reported once per sender and version.
+    ///
+    /// Only signed bodies get here, so nobody without the cluster secret
+    /// can make a node log about versions.
+    fn readable_version(&mut self, body: &str) -> bool {
+        // The version first: a newer format need not parse as ours.
+        let Ok(head) = serde_json::from_str::<Header>(body) else {
+            // Not even the common part: the full parse will say why.
+            return true;
+        };
+        if head.v == ANNOUNCEMENT_VERSION {
+            return true;
+        }
+        if self.foreign.insert((head.name.clone(), head.v)) {
+            warn!(
+                peer = %head.name,
+                peer_software = %head.software,
+                v = head.v,
+                ours = ANNOUNCEMENT_VERSION,
+                "ignored announcements of a format this node does not read"
+            );
+        }
+        false
+    }
+
     async fn announced(&mut self, payload: &[u8]) {
         let subject = subjects::announce(&self.shared.config.cluster);
         let Some((ts_ms, body)) = self.open("announcement", &subject, payload) else {
             return;
         };
+        if !self.readable_version(&body) {
+            return;
+        }
         let info: Announcement = match serde_json::from_str(&body) {
             Ok(info) => info,
             Err(e) => return warn!(error = %e, "ignored a malformed announcement"),
@@ -242,13 +287,6 @@ impl Discovery {
                 );
             }
             return;
-        }
-        if info.v != ANNOUNCEMENT_VERSION {
-            return debug!(
-                peer = %info.name,
-                v = info.v,
-                "ignored an announcement of another version",
-            );
         }
         let (name, draining) = (info.name.clone(), info.draining);
         let (was_draining, changes) = {

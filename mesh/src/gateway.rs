@@ -6,6 +6,11 @@
 //! Operator queries ([`AdminRequest`]) use the `admin` subjects the same way.
 //! A bad request gets an error response naming the problem; it never
 //! disturbs the node.
+//!
+//! Both kinds of request may carry `"v"`, the request format version
+//! ([`GATEWAY_VERSION`]); absent means 1. A node refuses a version it does
+//! not speak with `unsupported_version`, so a newer client never has its
+//! request half understood by an older node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +51,7 @@ pub struct CallRequest {
     pub cast: bool,
 }
 
-/// An operator query: `{"op": "members"}`.
+/// An operator query: `{"op": "members"}` (`"v"` is read before this).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AdminRequest {
@@ -192,6 +197,12 @@ pub struct MemberView {
     pub address: String,
     /// Its release.
     pub software: String,
+    /// The link frame versions it speaks, such as `1-2`.
+    #[serde(default)]
+    pub wire: String,
+    /// The state version of each agent kind it runs.
+    #[serde(default)]
+    pub state_versions: std::collections::BTreeMap<String, u16>,
     /// Seconds since it started.
     pub age_s: u64,
     /// Whether this is the answering node.
@@ -327,6 +338,31 @@ async fn serve(
     }
 }
 
+fn unsupported(v: u64) -> Response {
+    Response::error(
+        "unsupported_version",
+        format!("request version {v} is not supported (this node speaks {GATEWAY_VERSION})"),
+    )
+}
+
+/// Reads an operator query, checking and removing its optional `"v"`.
+fn admin_request(body: &[u8]) -> Result<AdminRequest, Response> {
+    let bad =
+        |e: serde_json::Error| Response::error("bad_request", format!("invalid request: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    if let Some(v) = value.as_object_mut().and_then(|o| o.remove("v")) {
+        match v.as_u64() {
+            Some(v) if v == u64::from(GATEWAY_VERSION) => {}
+            Some(v) => return Err(unsupported(v)),
+            None => {
+                let why = format!("invalid request: \"v\" must be a number, not {v}");
+                return Err(Response::error("bad_request", why));
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(bad)
+}
+
 /// Checks a request's size and nesting before it is parsed, so a huge or
 /// deeply nested body costs a scan, not an allocation per level.
 fn check_bounds(body: &[u8], limit: usize) -> Result<(), Response> {
@@ -391,10 +427,7 @@ pub(crate) async fn call(shared: &Shared, body: &[u8]) -> Response {
         Err(response) => return response,
     };
     if let Some(v) = request.v.filter(|v| *v != GATEWAY_VERSION) {
-        return Response::error(
-            "unsupported_version",
-            format!("request version {v} is not supported (this node speaks {GATEWAY_VERSION})"),
-        );
+        return unsupported(v.into());
     }
     let to: AgentId = match request.agent.parse() {
         Ok(id) => id,
@@ -441,9 +474,9 @@ pub(crate) async fn admin(shared: &Shared, nats: &async_nats::Client, body: &[u8
     if let Err(response) = check_bounds(body, MAX_ADMIN_BYTES) {
         return response;
     }
-    let request: AdminRequest = match serde_json::from_slice(body) {
+    let request = match admin_request(body) {
         Ok(r) => r,
-        Err(e) => return Response::error("bad_request", format!("invalid request: {e}")),
+        Err(response) => return response,
     };
     let value = match request {
         AdminRequest::Members => serde_json::to_value(members(shared)),
@@ -625,6 +658,8 @@ fn members(shared: &Shared) -> MembersReply {
         linked: true,
         address: me.link.to_string(),
         software: me.software,
+        wire: format!("{}", shared.config.wire_versions),
+        state_versions: me.state_versions,
         age_s: age(me.started_ms),
         this: true,
         lease: shared.ownership.as_ref().map(|o| o.lease_valid()),
@@ -642,6 +677,12 @@ fn members(shared: &Shared) -> MembersReply {
             linked: links.contains_key(&info.name),
             address: info.link.to_string(),
             software: info.software.clone(),
+            wire: crate::wire::VersionRange {
+                min: info.wire_min,
+                max: info.wire_max,
+            }
+            .to_string(),
+            state_versions: info.state_versions.clone(),
             age_s: age(info.started_ms),
             this: false,
             lease: shared.ownership.as_ref().map(|o| o.is_alive(&info.name)),

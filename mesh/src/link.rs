@@ -10,6 +10,8 @@
 //!    the session ready;
 //! 3. each side sends [`Hello`] to the peer's endpoint and marks the link up
 //!    when the peer's hello arrives and a common frame version exists;
+//!    a peer whose announced versions share none with ours is not dialed at
+//!    all, and both sides log why when they see its announcement;
 //! 4. a dropped session, or the peer leaving membership, takes the link
 //!    down and fails every call waiting on it, so no call outlives its link.
 //!
@@ -17,7 +19,7 @@
 //! the session's end, so a frame sent on it reaches that incarnation or
 //! fails the caller.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::membership::Change;
 use crate::node::Shared;
-use crate::wire::{self, Frame, Hello, Incoming};
+use crate::wire::{self, Frame, Hello, Incoming, VersionRange};
 
 /// The first redial delay; it doubles up to [`MAX_REDIAL_DELAY`].
 const FIRST_REDIAL_DELAY: Duration = Duration::from_millis(300);
@@ -198,6 +200,8 @@ struct Manager {
     heard: HashMap<String, Instant>,
     /// When pings were last sent.
     pinged: Instant,
+    /// Members that share no frame version with this node: never dialed.
+    incompatible: HashSet<String>,
 }
 
 /// Starts the link listener and the manager task.
@@ -234,6 +238,7 @@ pub(crate) async fn spawn(
         dials: HashMap::new(),
         heard: HashMap::new(),
         pinged: Instant::now(),
+        incompatible: HashSet::new(),
     };
     tokio::spawn(manager.run(events));
     Ok((server, endpoint))
@@ -269,6 +274,13 @@ impl Manager {
     fn member_changed(&mut self, change: Change) {
         match change {
             Change::Joined(info) => {
+                let theirs = VersionRange {
+                    min: info.wire_min,
+                    max: info.wire_max,
+                };
+                if self.refuse_if_incompatible(&info.name, &info.software, theirs) {
+                    return;
+                }
                 if self.shared.config.name < info.name {
                     self.dials.insert(
                         info.name,
@@ -293,6 +305,7 @@ impl Manager {
                 if newer {
                     return;
                 }
+                self.incompatible.remove(&name);
                 self.dials.remove(&name);
                 self.drop_link(&name, "peer left the membership");
                 // Close the session too: a frozen peer keeps its socket open,
@@ -337,11 +350,12 @@ impl Manager {
             warn!(peer = %peer, "link ready but the peer's endpoint is not known");
             return;
         };
+        let ours = self.shared.config.wire_versions;
         let hello = Hello {
             node: self.shared.config.name.clone(),
             incarnation: self.shared.incarnation,
-            min_version: wire::MIN_WIRE_VERSION,
-            max_version: wire::MAX_WIRE_VERSION,
+            min_version: ours.min,
+            max_version: ours.max,
             software: crate::SOFTWARE_VERSION.into(),
         };
         if endpoint
@@ -378,18 +392,42 @@ impl Manager {
         }
     }
 
-    fn hello_received(&mut self, hello: Hello) {
-        let Some(version) = wire::negotiate(hello.min_version, hello.max_version) else {
+    /// Logs and remembers a peer that shares no frame version with this
+    /// node; returns whether it is one. Both sides of a refused pair log it,
+    /// each from the other's announcement or hello.
+    fn refuse_if_incompatible(&mut self, peer: &str, software: &str, theirs: VersionRange) -> bool {
+        let ours = self.shared.config.wire_versions;
+        if ours.negotiate(theirs).is_some() {
+            return false;
+        }
+        if self.incompatible.insert(peer.to_owned()) {
             warn!(
-                peer = %hello.node,
-                peer_software = %hello.software,
-                peer_versions = %format!("{}..={}", hello.min_version, hello.max_version),
-                our_versions = %format!("{}..={}", wire::MIN_WIRE_VERSION, wire::MAX_WIRE_VERSION),
-                "link refused: no common frame version"
+                peer = %peer,
+                peer_software = %software,
+                peer_versions = %theirs,
+                our_versions = %ours,
+                "link refused: no common frame version; upgrade one node or the other",
             );
+        }
+        self.dials.remove(peer);
+        true
+    }
+
+    fn hello_received(&mut self, hello: Hello) {
+        let theirs = VersionRange {
+            min: hello.min_version,
+            max: hello.max_version,
+        };
+        if self.refuse_if_incompatible(&hello.node, &hello.software, theirs) {
             self.close_sessions(&hello.node);
             return;
-        };
+        }
+        let version = self
+            .shared
+            .config
+            .wire_versions
+            .negotiate(theirs)
+            .expect("compatibility was checked");
         let Some(endpoint) = self.remote_endpoint(&hello.node) else {
             warn!(peer = %hello.node, "hello from a peer whose endpoint is not known");
             return;
@@ -486,7 +524,8 @@ impl Manager {
             .expect("members lock")
             .get(peer)
             .is_some();
-        if still_member && self.shared.config.name.as_str() < peer {
+        let compatible = !self.incompatible.contains(peer);
+        if still_member && compatible && self.shared.config.name.as_str() < peer {
             self.dials.entry(peer.to_owned()).or_insert(Dial {
                 next: Instant::now() + FIRST_REDIAL_DELAY,
                 attempt: 1,

@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use topology::NodeKind;
 
 /// The format version of announcements.
+///
+/// It changes only when a field changes meaning or goes away, which would
+/// split a mixed mesh into two that ignore each other; new fields are added
+/// as optional instead (`#[serde(default)]`), and older nodes ignore them.
 pub const ANNOUNCEMENT_VERSION: u16 = 1;
 
 /// What a node says about itself on NATS, as JSON, at every heartbeat.
@@ -48,6 +52,38 @@ pub struct Announcement {
     /// Whether the node is drained: placement gives it no agents.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// The state version each agent kind it hosts runs (reads and writes).
+    /// Releases before this field existed omit it: every kind was at 1.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub state_versions: BTreeMap<String, u16>,
+}
+
+impl Announcement {
+    /// The state version of `kind` the node runs; 0 if it cannot host the
+    /// kind at all.
+    pub fn state_version(&self, kind: &str) -> u16 {
+        if self.state_versions.is_empty() {
+            // A release from before the field: all its kinds were at 1.
+            return 1;
+        }
+        self.state_versions.get(kind).copied().unwrap_or(0)
+    }
+}
+
+/// The candidates (name, state version of the agent's kind) that run the
+/// newest version among them.
+///
+/// An agent's state may have been written by that newest version, which an
+/// older node cannot read; so placement never moves an agent onto an older
+/// node while a newer one is a candidate, and every node, old or new,
+/// computes the same set from the same view.
+pub fn able_to_run<'a>(candidates: &[(&'a str, u16)]) -> Vec<&'a str> {
+    let newest = candidates.iter().map(|(_, v)| *v).max().unwrap_or(0);
+    candidates
+        .iter()
+        .filter(|(_, v)| *v == newest && newest > 0)
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// A node in this node's view.

@@ -160,11 +160,16 @@ impl Shared {
             capabilities: c.capabilities.clone(),
             link: c.advertise,
             software: crate::SOFTWARE_VERSION.into(),
-            wire_min: wire::MIN_WIRE_VERSION,
-            wire_max: wire::MAX_WIRE_VERSION,
+            wire_min: c.wire_versions.min,
+            wire_max: c.wire_versions.max,
             incarnation: self.incarnation,
             started_ms: self.started_ms,
             draining: self.draining.load(Ordering::Acquire),
+            state_versions: self
+                .registry
+                .names()
+                .filter_map(|k| Some((k.to_owned(), self.registry.get(k)?.state_version())))
+                .collect(),
         }
     }
 
@@ -370,12 +375,14 @@ impl Shared {
         self.registry.kind_of(&to)?;
         match self.locate(&to) {
             Location::Local => {
-                self.cast_here(to, payload);
+                self.cast_here(to, payload, crate::trace::current());
                 Ok(())
             }
             Location::Remote(node) => {
                 let agent = to.to_string();
-                self.send_frame(&node, &Frame::Cast { to, payload })
+                let trace = crate::trace::current();
+                let frame = Frame::TracedCast { to, trace, payload };
+                self.send_frame(&node, &frame)
                     .map_err(|reason| CallError::Unavailable { agent, reason })
             }
             Location::Nowhere(reason) => Err(CallError::Unavailable {
@@ -385,8 +392,8 @@ impl Shared {
         }
     }
 
-    /// Delivers a cast to an agent of this node.
-    fn cast_here(&self, to: AgentId, payload: Vec<u8>) {
+    /// Delivers a cast of trace `trace` to an agent of this node.
+    fn cast_here(&self, to: AgentId, payload: Vec<u8>, trace: u64) {
         let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
         self.deliver(Delivery {
             to,
@@ -394,7 +401,7 @@ impl Shared {
             reply,
             hops: 0,
             timeout: self.config.call_timeout,
-            trace: crate::trace::current(),
+            trace,
         });
     }
 
@@ -482,7 +489,12 @@ impl Shared {
                     trace,
                 });
             }
-            Frame::Cast { to, payload } => self.cast_here(to, payload),
+            // A version 1 peer's cast has no trace: it starts one here.
+            Frame::Cast { to, payload } => self.cast_here(to, payload, crate::trace::fresh()),
+            Frame::TracedCast { to, trace, payload } => {
+                debug!(trace = %crate::trace::show(trace), agent = %to, "cast received");
+                self.cast_here(to, payload, trace)
+            }
             Frame::Reply { id, result } => {
                 let pending = self.pending.lock().expect("pending lock").remove(&id);
                 match pending {

@@ -4,8 +4,13 @@
 //! zone, kind, capabilities and draining state each one announces. Every
 //! node that sees the same peers ranks them alike, so an agent that is not
 //! live anywhere goes to the same node whoever routes its first message.
+//!
+//! In a mesh of mixed releases, the candidates for an agent are only those
+//! running the newest state version of its kind among them (see
+//! [`crate::membership::able_to_run`]): an agent never moves onto a node
+//! that could not read the state a newer node wrote.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use actors::AgentId;
@@ -49,6 +54,43 @@ impl Shared {
         nodes
     }
 
+    /// This node and every linked peer that can run `kind`'s newest state
+    /// version among them.
+    pub(crate) fn placement_view_for(
+        &self,
+        kind: &str,
+        links: &HashMap<String, Link>,
+    ) -> Vec<NodeInfo> {
+        self.able_to_run(kind, self.placement_view(links))
+    }
+
+    /// The nodes of `nodes` that run the newest state version of `kind`
+    /// among them.
+    pub(crate) fn able_to_run(&self, kind: &str, mut nodes: Vec<NodeInfo>) -> Vec<NodeInfo> {
+        let own = self.registry.get(kind).map_or(0, |k| k.state_version());
+        let members = self.members.read().expect("members lock");
+        let versions: Vec<(&str, u16)> = nodes
+            .iter()
+            .map(|n| {
+                let version = if n.name == self.config.name {
+                    own
+                } else {
+                    members
+                        .get(&n.name)
+                        .map_or(0, |m| m.info.state_version(kind))
+                };
+                (n.name.as_str(), version)
+            })
+            .collect();
+        let able: HashSet<String> = crate::membership::able_to_run(&versions)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        drop(members);
+        nodes.retain(|n| able.contains(&n.name));
+        nodes
+    }
+
     /// How many agents of `kind` are live here.
     pub(crate) fn live_of_kind(&self, kind: &str) -> usize {
         self.directory
@@ -74,7 +116,7 @@ impl Shared {
         lost_from: Option<String>,
     ) -> Location {
         let policy = self.config.topology.policy(id.kind());
-        let nodes = self.placement_view(links);
+        let nodes = self.placement_view_for(id.kind(), links);
         let origin = lost_from.and_then(|lost| {
             let members = self.members.read().expect("members lock");
             members.get(&lost).map(|m| m.info.zone.clone())
@@ -102,19 +144,21 @@ impl Shared {
     }
 
     /// Whether an agent arriving for activation must go elsewhere: the
-    /// policy does not admit this node (a peer's view was stale), or this
-    /// node is full. `Ok` names the node to pass it to (the next of its
-    /// rank), `Err` says why no node can take it; `None` activates here.
+    /// policy does not admit this node (a peer's view was stale), a linked
+    /// peer runs a newer state version of its kind, or this node is full.
+    /// `Ok` names the node to pass it to (the next of its rank), `Err` says
+    /// why no node can take it; `None` activates here.
     pub(crate) fn redirect(&self, id: &AgentId) -> Option<Result<String, String>> {
         let policy = self.config.topology.policy(id.kind());
         let me = self.node_info();
-        let admitted = policy.admits(&me);
+        let links = self.links.read().expect("link table lock");
+        let nodes = self.placement_view_for(id.kind(), &links);
+        drop(links);
+        let able = nodes.iter().any(|n| n.name == me.name);
+        let admitted = policy.admits(&me) && able;
         if admitted && self.has_room_for(id.kind(), policy) {
             return None;
         }
-        let links = self.links.read().expect("link table lock");
-        let nodes = self.placement_view(&links);
-        drop(links);
         let ranked = topology::rank(&id.to_string(), policy, &nodes);
         let next = match ranked.iter().position(|n| n.name == me.name) {
             Some(i) => ranked.get(i + 1),

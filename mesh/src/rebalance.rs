@@ -124,13 +124,18 @@ impl Shared {
         }
         let links = self.links.read().expect("link table lock").clone();
         let nodes = self.placement_view(&links);
+        // Per kind, those able to run its newest state version.
+        let mut able: HashMap<String, Vec<topology::NodeInfo>> = HashMap::new();
         let me = &self.config.name;
         for id in self.directory.names() {
             if self.moves.is_moving(&id) || self.pinned_node(&id).is_some() {
                 continue;
             }
             let policy = self.config.topology.policy(id.kind());
-            let ranked = topology::rank(&id.to_string(), policy, &nodes);
+            let nodes = able
+                .entry(id.kind().to_owned())
+                .or_insert_with(|| self.able_to_run(id.kind(), nodes.clone()));
+            let ranked = topology::rank(&id.to_string(), policy, nodes);
             let Some(target) = ranked.first().map(|n| n.name.clone()) else {
                 continue;
             };

@@ -9,7 +9,21 @@
 //!    logs both ranges and closes the link;
 //! 3. every later frame is written in the chosen version.
 //!
-//! Within one version, frames follow the codec's compatibility rules.
+//! Versions only ever grow by appending [`Frame`] variants (the codec
+//! writes a variant as its index, so the order is the format): version `n`
+//! is the variants of version `n - 1` plus those listed as new in `n`.
+//! [`encode`] writes a frame in the form the link's version knows, and
+//! [`decode`] refuses a variant newer than the version the frame claims.
+//!
+//! | version | adds |
+//! | --- | --- |
+//! | 1 | `Call`, `Cast`, `Reply`, `Ping`, `Pong` |
+//! | 2 | `TracedCast`: a cast that keeps its trace id |
+//!
+//! A release speaks a range of versions; the compatibility promise (see the
+//! README, "Upgrading") is that each release still speaks the newest version
+//! of the release before it, so neighbouring releases always link. Every
+//! version's layout is pinned by stored bytes in this module's tests.
 
 use actors::{codec, AgentId, CallError};
 use serde::{Deserialize, Serialize};
@@ -17,7 +31,7 @@ use serde::{Deserialize, Serialize};
 /// The oldest frame format this build reads and writes.
 pub const MIN_WIRE_VERSION: u16 = 1;
 /// The newest frame format this build reads and writes.
-pub const MAX_WIRE_VERSION: u16 = 1;
+pub const MAX_WIRE_VERSION: u16 = 2;
 /// The largest frame `ractor_cluster` accepts; a larger one ends the link.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// The version slot of the [`Hello`] frame.
@@ -38,7 +52,8 @@ pub struct Hello {
     pub software: String,
 }
 
-/// A frame of version 1.
+/// A link frame, in its newest form; see the module doc for which
+/// versions know which variants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
     /// Deliver `payload` to `to` and send a [`Frame::Reply`] with `id` back
@@ -92,6 +107,45 @@ pub enum Frame {
         /// The node answering.
         from: String,
     },
+    /// Since version 2: [`Frame::Cast`] with the trace it belongs to, so a
+    /// cast can be followed across nodes like a call. On a version 1 link
+    /// it is sent as a plain `Cast` and the receiver starts a new trace.
+    TracedCast {
+        /// The target agent.
+        to: AgentId,
+        /// The trace the cast belongs to.
+        trace: u64,
+        /// The encoded agent message.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+}
+
+impl Frame {
+    /// The first frame version that has this variant.
+    pub fn since(&self) -> u16 {
+        match self {
+            Frame::Call { .. }
+            | Frame::Cast { .. }
+            | Frame::Reply { .. }
+            | Frame::Ping { .. }
+            | Frame::Pong { .. } => 1,
+            Frame::TracedCast { .. } => 2,
+        }
+    }
+
+    /// The frame as a peer speaking `version` can read it: a variant newer
+    /// than `version` becomes the older variant that carries its meaning.
+    fn for_version(&self, version: u16) -> std::borrow::Cow<'_, Frame> {
+        use std::borrow::Cow;
+        match self {
+            Frame::TracedCast { to, payload, .. } if version < 2 => Cow::Owned(Frame::Cast {
+                to: to.clone(),
+                payload: payload.clone(),
+            }),
+            _ => Cow::Borrowed(self),
+        }
+    }
 }
 
 /// Writes a reply's bytes as one byte string: the same encoding as a byte
@@ -134,6 +188,14 @@ pub enum WireError {
     /// The body is not a valid frame.
     #[error("bad frame: {0}")]
     Body(#[from] codec::CodecError),
+    /// A variant that the frame's version does not have yet.
+    #[error("frame of version {version} holds a variant of version {since}")]
+    Variant {
+        /// The version the frame claims.
+        version: u16,
+        /// The version that introduced its variant.
+        since: u16,
+    },
 }
 
 /// What arrives on a link: a hello or a versioned frame.
@@ -157,10 +219,11 @@ pub fn encode_hello(hello: &Hello) -> Vec<u8> {
     with_version(HELLO_VERSION, hello).expect("a hello always encodes")
 }
 
-/// Encodes a frame in `version`, which both ends of the link speak.
+/// Encodes a frame in `version`, which both ends of the link speak, in
+/// the form that version knows.
 pub fn encode(version: u16, frame: &Frame) -> Result<Vec<u8>, codec::CodecError> {
     debug_assert!((MIN_WIRE_VERSION..=MAX_WIRE_VERSION).contains(&version));
-    with_version(version, frame)
+    with_version(version, frame.for_version(version).as_ref())
 }
 
 /// Decodes what arrived on a link.
@@ -171,16 +234,76 @@ pub fn decode(bytes: &[u8]) -> Result<Incoming, WireError> {
     match u16::from_le_bytes(*head) {
         HELLO_VERSION => Ok(Incoming::Hello(codec::decode(body)?)),
         v if (MIN_WIRE_VERSION..=MAX_WIRE_VERSION).contains(&v) => {
-            Ok(Incoming::Frame(codec::decode(body)?))
+            let frame: Frame = codec::decode(body)?;
+            match frame.since() {
+                since if since > v => Err(WireError::Variant { version: v, since }),
+                _ => Ok(Incoming::Frame(frame)),
+            }
         }
         v => Err(WireError::Version(v)),
     }
 }
 
-/// The highest version both ranges contain, if any.
-pub fn negotiate(peer_min: u16, peer_max: u16) -> Option<u16> {
-    let high = peer_max.min(MAX_WIRE_VERSION);
-    (high >= peer_min.max(MIN_WIRE_VERSION)).then_some(high)
+/// The versions a node speaks: the build's whole range unless the
+/// configuration narrows it (`wire_versions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionRange {
+    /// The oldest version spoken.
+    pub min: u16,
+    /// The newest version spoken.
+    pub max: u16,
+}
+
+impl VersionRange {
+    /// Every version this build speaks.
+    pub const BUILD: VersionRange = VersionRange {
+        min: MIN_WIRE_VERSION,
+        max: MAX_WIRE_VERSION,
+    };
+
+    /// The highest version both ranges contain, if any.
+    pub fn negotiate(self, peer: VersionRange) -> Option<u16> {
+        let high = peer.max.min(self.max);
+        (high >= peer.min.max(self.min)).then_some(high)
+    }
+}
+
+impl std::fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}-{}", self.min, self.max)
+        }
+    }
+}
+
+impl std::str::FromStr for VersionRange {
+    type Err = String;
+
+    /// Parses `N` or `MIN-MAX`, which must lie within this build's range.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .map_err(|_| "expected a version or MIN-MAX, such as 1-2".to_owned())
+        };
+        let range = match text.split_once('-') {
+            Some((min, max)) => VersionRange {
+                min: number(min)?,
+                max: number(max)?,
+            },
+            None => {
+                let v = number(text)?;
+                VersionRange { min: v, max: v }
+            }
+        };
+        let build = VersionRange::BUILD;
+        if range.min > range.max || range.min < build.min || range.max > build.max {
+            return Err(format!("this build speaks frame versions {build}"));
+        }
+        Ok(range)
+    }
 }
 
 #[cfg(test)]
@@ -231,20 +354,161 @@ mod tests {
 
     #[test]
     fn negotiation_picks_the_highest_common_version() {
+        let negotiate = |min, max| VersionRange::BUILD.negotiate(VersionRange { min, max });
         assert_eq!(negotiate(1, 1), Some(1));
         assert_eq!(negotiate(1, 5), Some(MAX_WIRE_VERSION));
         assert_eq!(negotiate(MAX_WIRE_VERSION + 1, MAX_WIRE_VERSION + 3), None);
+        let old = VersionRange { min: 1, max: 1 };
+        let new_only = VersionRange { min: 2, max: 2 };
+        assert_eq!(VersionRange::BUILD.negotiate(old), Some(1));
+        assert_eq!(old.negotiate(VersionRange::BUILD), Some(1));
+        assert_eq!(new_only.negotiate(old), None);
+        assert_eq!(old.negotiate(new_only), None);
     }
 
     #[test]
-    fn version_1_frames_keep_their_layout() {
-        // A stored fixture: if this changes, version 1 changed and old
-        // nodes can no longer read us. Bump the version instead.
-        let frame = Frame::Cast {
+    fn version_ranges_parse_within_the_build_only() {
+        assert_eq!("1".parse(), Ok(VersionRange { min: 1, max: 1 }));
+        assert_eq!("1-2".parse(), Ok(VersionRange::BUILD));
+        for bad in ["0", "2-1", "1-9", "x", "1-", ""] {
+            assert!(bad.parse::<VersionRange>().is_err(), "{bad}");
+        }
+        assert_eq!(VersionRange::BUILD.to_string(), "1-2");
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn traced_cast() -> Frame {
+        Frame::TracedCast {
+            to: "echo/e".parse().unwrap(),
+            trace: 0x0102_0304,
+            payload: vec![42],
+        }
+    }
+
+    /// One frame of every variant, with the bytes of version 1 and 2.
+    fn fixtures() -> Vec<(Frame, &'static str, &'static str)> {
+        let to: AgentId = "counter/x".parse().unwrap();
+        vec![
+            (
+                Frame::Call {
+                    id: 7,
+                    from: "a".into(),
+                    to: to.clone(),
+                    timeout_ms: 1000,
+                    hops: 1,
+                    trace: 300,
+                    payload: vec![1, 2, 3],
+                },
+                "01000007016107636f756e7465720178fbe80301fb2c0103010203",
+                "02000007016107636f756e7465720178fbe80301fb2c0103010203",
+            ),
+            (
+                Frame::Cast {
+                    to: "echo/e".parse().unwrap(),
+                    payload: vec![42],
+                },
+                "010001046563686f0165012a",
+                "020001046563686f0165012a",
+            ),
+            (
+                Frame::Reply {
+                    id: 9,
+                    result: Ok(vec![5]),
+                },
+                "01000209000105",
+                "02000209000105",
+            ),
+            (
+                Frame::Reply {
+                    id: 9,
+                    result: Err(CallError::Timeout {
+                        agent: "counter/x".into(),
+                        ms: 5,
+                    }),
+                },
+                "01000209010309636f756e7465722f7805",
+                "02000209010309636f756e7465722f7805",
+            ),
+            (
+                Frame::Ping {
+                    nonce: 3,
+                    from: "b".into(),
+                },
+                "010003030162",
+                "020003030162",
+            ),
+            (
+                Frame::Pong {
+                    nonce: 3,
+                    from: "c".into(),
+                },
+                "010004030163",
+                "020004030163",
+            ),
+            (
+                traced_cast(),
+                "010001046563686f0165012a",
+                "020005046563686f0165fc04030201012a",
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_frame_keeps_its_layout_in_every_version() {
+        // Stored fixtures: if one changes, that version changed and nodes
+        // of other releases can no longer read us. Add a version instead.
+        for (frame, v1, v2) in fixtures() {
+            assert_eq!(
+                hex(&encode(1, &frame).unwrap()),
+                v1,
+                "{frame:?} in version 1"
+            );
+            assert_eq!(
+                hex(&encode(2, &frame).unwrap()),
+                v2,
+                "{frame:?} in version 2"
+            );
+        }
+    }
+
+    #[test]
+    fn a_traced_cast_becomes_a_plain_cast_on_a_version_1_link() {
+        let bytes = encode(1, &traced_cast()).unwrap();
+        let plain = Frame::Cast {
             to: "echo/e".parse().unwrap(),
             payload: vec![42],
         };
-        let bytes = encode(1, &frame).unwrap();
-        assert_eq!(bytes, [1, 0, 1, 4, 101, 99, 104, 111, 1, 101, 1, 42]);
+        assert_eq!(decode(&bytes).unwrap(), Incoming::Frame(plain));
+        let bytes = encode(2, &traced_cast()).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), Incoming::Frame(traced_cast()));
+    }
+
+    #[test]
+    fn a_variant_newer_than_its_frame_version_is_refused() {
+        let mut bytes = encode(2, &traced_cast()).unwrap();
+        bytes[..2].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::Variant {
+                version: 1,
+                since: 2
+            })
+        );
+    }
+
+    #[test]
+    fn the_hello_keeps_its_layout() {
+        // Version 0 is how releases find a common version: it never moves.
+        let hello = Hello {
+            node: "n".into(),
+            incarnation: 258,
+            min_version: 1,
+            max_version: 2,
+            software: "0.1.0".into(),
+        };
+        assert_eq!(hex(&encode_hello(&hello)), "0000016efb0201010205302e312e30");
     }
 }

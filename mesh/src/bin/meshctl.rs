@@ -353,8 +353,17 @@ impl Ctl {
             return Ok(());
         }
         println!(
-            "{:<20} {:<10} {:<14} {:<8} {:<6} {:<7} {:<22} {:>8} {:<8}",
-            "NAME", "ZONE", "KIND", "STATUS", "LINKED", "LEASE", "ADDRESS", "AGE", "VERSION"
+            "{:<20} {:<10} {:<14} {:<8} {:<6} {:<7} {:<22} {:>8} {:<8} {:<5} STATE",
+            "NAME",
+            "ZONE",
+            "KIND",
+            "STATUS",
+            "LINKED",
+            "LEASE",
+            "ADDRESS",
+            "AGE",
+            "VERSION",
+            "WIRE",
         );
         for m in &reply.members {
             let lease = match m.lease {
@@ -363,7 +372,7 @@ impl Ctl {
                 None => "-",
             };
             println!(
-                "{:<20} {:<10} {:<14} {:<8} {:<6} {:<7} {:<22} {:>8} {:<8}",
+                "{:<20} {:<10} {:<14} {:<8} {:<6} {:<7} {:<22} {:>8} {:<8} {:<5} {}",
                 m.name,
                 m.zone,
                 m.kind,
@@ -378,7 +387,9 @@ impl Ctl {
                 lease,
                 m.address,
                 humantime::format_duration(Duration::from_secs(m.age_s)).to_string(),
-                m.software
+                m.software,
+                if m.wire.is_empty() { "-" } else { &m.wire },
+                state_summary(&m.state_versions),
             );
         }
         println!("(as seen by {})", reply.node);
@@ -660,4 +671,25 @@ impl Ctl {
             Response::Error(e) => Err(Failure::mesh(format!("{} ({})", e.message, e.code))),
         }
     }
+}
+
+/// Agent state versions in a few characters: `*=1` when every kind is at
+/// 1, `*=1 counter=2` when one differs; `-` from a release that does not
+/// announce them.
+fn state_summary(versions: &std::collections::BTreeMap<String, u16>) -> String {
+    let mut counts = std::collections::BTreeMap::<u16, usize>::new();
+    for v in versions.values() {
+        *counts.entry(*v).or_default() += 1;
+    }
+    let Some((&common, _)) = counts
+        .iter()
+        .max_by_key(|(v, n)| (**n, std::cmp::Reverse(**v)))
+    else {
+        return "-".into();
+    };
+    let mut out = format!("*={common}");
+    for (kind, v) in versions.iter().filter(|(_, v)| **v != common) {
+        out.push_str(&format!(" {kind}={v}"));
+    }
+    out
 }

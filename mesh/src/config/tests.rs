@@ -125,6 +125,20 @@ fn bad_values_are_refused_naming_key_and_value() {
             },
             "cannot read secret_file /nonexistent/secret",
         ),
+        (
+            NodeArgs {
+                wire_versions: Some("1-9".into()),
+                ..NodeArgs::default()
+            },
+            "invalid value \"1-9\" for wire_versions: this build speaks frame versions 1-2",
+        ),
+        (
+            NodeArgs {
+                wire_versions: Some("two".into()),
+                ..NodeArgs::default()
+            },
+            "invalid value \"two\" for wire_versions: expected a version or MIN-MAX",
+        ),
     ];
     for (mut args, expected) in cases {
         args.name = Some("n".into());

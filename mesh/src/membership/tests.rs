@@ -14,6 +14,7 @@ fn announcement(name: &str, incarnation: u64) -> Announcement {
         incarnation,
         started_ms: 0,
         draining: false,
+        state_versions: BTreeMap::new(),
     }
 }
 
@@ -101,4 +102,58 @@ fn forgiving_after_our_own_pause_keeps_everyone() {
     let resumed = t0 + TIMEOUT * 10;
     view.forgive(resumed);
     assert!(view.expire(resumed + TIMEOUT / 2).is_empty());
+}
+
+/// An announcement of the release before state versions were announced,
+/// as it went over NATS: kept to prove this release still reads it.
+const PREVIOUS_RELEASE_ANNOUNCEMENT: &str = r#"{"v":1,"name":"old","zone":"fr-par-1",
+"kind":"instance","capabilities":[],"link":"127.0.0.1:7401","software":"0.1.0",
+"wire_min":1,"wire_max":1,"incarnation":7,"started_ms":5}"#;
+
+/// This release's announcement, pinned: a change here must stay readable by
+/// the previous release (new fields optional, nothing renamed or removed).
+const ANNOUNCEMENT_FIXTURE: &str = r#"{"v":1,"name":"new","zone":"fr-par-2","kind":"elastic-metal","capabilities":["gpu"],"link":"10.0.0.2:7400","software":"0.2.0","wire_min":1,"wire_max":2,"incarnation":9,"started_ms":6,"state_versions":{"counter":2,"echo":1}}"#;
+
+#[test]
+fn announcements_of_the_previous_release_still_read() {
+    let old: Announcement = serde_json::from_str(PREVIOUS_RELEASE_ANNOUNCEMENT).unwrap();
+    assert_eq!((old.wire_min, old.wire_max), (1, 1));
+    assert_eq!(old.state_version("counter"), 1, "previous kinds were at 1");
+}
+
+#[test]
+fn the_announcement_keeps_its_json_layout() {
+    let info = Announcement {
+        v: ANNOUNCEMENT_VERSION,
+        name: "new".into(),
+        zone: "fr-par-2".into(),
+        kind: NodeKind::ElasticMetal,
+        capabilities: vec!["gpu".into()],
+        link: "10.0.0.2:7400".parse().unwrap(),
+        software: "0.2.0".into(),
+        wire_min: 1,
+        wire_max: 2,
+        incarnation: 9,
+        started_ms: 6,
+        draining: false,
+        state_versions: [("counter".into(), 2), ("echo".into(), 1)].into(),
+    };
+    assert_eq!(serde_json::to_string(&info).unwrap(), ANNOUNCEMENT_FIXTURE);
+    assert_eq!(info.state_version("counter"), 2);
+    assert_eq!(info.state_version("relay"), 0, "a kind it does not host");
+    // The previous release ignores fields it does not know: its own struct
+    // had no `deny_unknown_fields`, so the fixture must parse as it did.
+    let mut value: serde_json::Value = serde_json::from_str(ANNOUNCEMENT_FIXTURE).unwrap();
+    value.as_object_mut().unwrap().remove("state_versions");
+    let reread: Announcement = serde_json::from_value(value).unwrap();
+    assert_eq!(reread.name, "new");
+}
+
+#[test]
+fn placement_keeps_only_nodes_running_the_newest_state_version() {
+    let mixed = [("old-1", 1), ("new-1", 2), ("new-2", 2), ("none", 0)];
+    assert_eq!(able_to_run(&mixed), vec!["new-1", "new-2"]);
+    let same = [("a", 1), ("b", 1)];
+    assert_eq!(able_to_run(&same), vec!["a", "b"]);
+    assert!(able_to_run(&[("x", 0)]).is_empty());
 }

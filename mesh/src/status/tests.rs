@@ -27,6 +27,8 @@ fn member(name: &str, zone: &str) -> MemberView {
         linked: true,
         address: "127.0.0.1:7400".into(),
         software: "0.1.0".into(),
+        wire: "1-2".into(),
+        state_versions: Default::default(),
         age_s: 60,
         this: false,
         lease: Some(true),
