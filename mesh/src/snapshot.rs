@@ -12,6 +12,16 @@
 //! The invariant: a folder without a manifest is not a snapshot. An upload
 //! that stops halfway leaves no manifest, and the next snapshot removes the
 //! folder. Ids start with the creation time, so names sort by age.
+//!
+//! Formats: the manifest's `format` says how the whole snapshot is laid out
+//! and is read before anything else, so a newer layout need not parse as
+//! ours. A node reads every format from [`MIN_SNAPSHOT_FORMAT`] to
+//! [`SNAPSHOT_FORMAT`] (the promise: at least the previous release's). A
+//! snapshot of another format is refused with one log line per snapshot,
+//! never misread, and restores fall back to the newest one this node reads.
+//! Each record inside carries its own version ([`crate::storage::Record`])
+//! and its kind's state version. Fixtures of every released format are kept
+//! under `tests/fixtures/` and read by `formats` tests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +37,10 @@ use tracing::{info, warn};
 use crate::config::SnapshotTarget;
 use crate::storage::{Record, Store};
 
-/// The format version of manifests, indexes and data objects.
+/// The format version of manifests, indexes and data objects written.
 pub const SNAPSHOT_FORMAT: u16 = 1;
+/// The oldest snapshot format this build still reads.
+pub const MIN_SNAPSHOT_FORMAT: u16 = 1;
 /// The largest data object of a snapshot.
 pub const DATA_OBJECT_BYTES: usize = 32 * 1024 * 1024;
 /// The longest a single object store request may take.
@@ -51,8 +63,22 @@ pub enum SnapshotError {
         reason: String,
     },
     /// The snapshot was written by a newer release.
-    #[error("snapshot {id} has format {format}, newer than this node reads ({SNAPSHOT_FORMAT})")]
+    #[error(
+        "snapshot {id} has format {format}, newer than this node reads \
+         ({MIN_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT}): upgrade this node to use it"
+    )]
     TooNew {
+        /// The snapshot.
+        id: String,
+        /// Its format.
+        format: u16,
+    },
+    /// The snapshot was written by a release too old for this node.
+    #[error(
+        "snapshot {id} has format {format}, older than this node reads \
+         ({MIN_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT})"
+    )]
+    TooOld {
         /// The snapshot.
         id: String,
         /// Its format.
@@ -127,6 +153,9 @@ pub struct RestoreReport {
     pub skipped: Vec<String>,
 }
 
+/// Readable manifests, and unreadable snapshots with why.
+type Scan = (Vec<Manifest>, Vec<(String, SnapshotError)>);
+
 /// A progress report: bytes done, bytes in total.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
@@ -138,6 +167,15 @@ pub struct Snapshots {
     object_bytes: usize,
     /// Where the store is, for log lines.
     pub target: String,
+    /// Snapshots (`node/id`) already logged as unreadable: a catalog reload
+    /// every few seconds must not repeat the same line.
+    reported: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// The part of a manifest every format has.
+#[derive(Debug, Deserialize)]
+struct FormatOnly {
+    format: u16,
 }
 
 fn storage(e: impl std::fmt::Display) -> SnapshotError {
@@ -306,6 +344,7 @@ impl Snapshots {
             cluster: cluster.to_owned(),
             object_bytes: DATA_OBJECT_BYTES,
             target: target.to_owned(),
+            reported: Arc::default(),
         }
     }
 
@@ -461,33 +500,74 @@ impl Snapshots {
                 reason: "manifest too large".into(),
             });
         }
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Corrupt {
-                key: key.clone(),
-                reason: e.to_string(),
-            })?;
-        if manifest.format > SNAPSHOT_FORMAT {
-            return Err(SnapshotError::TooNew {
-                id: id.to_owned(),
-                format: manifest.format,
-            });
+        let corrupt = |e: serde_json::Error| SnapshotError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        };
+        // The format first: a newer layout need not parse as this one.
+        let format = serde_json::from_slice::<FormatOnly>(&bytes)
+            .map_err(corrupt)?
+            .format;
+        let id = id.to_owned();
+        if format > SNAPSHOT_FORMAT {
+            return Err(SnapshotError::TooNew { id, format });
         }
-        Ok(Some(manifest))
+        if format < MIN_SNAPSHOT_FORMAT {
+            return Err(SnapshotError::TooOld { id, format });
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(corrupt)
     }
 
-    /// Every complete snapshot of `node`, newest first.
+    /// Every complete snapshot of `node`, newest first; those that cannot
+    /// be read are logged (once each) and left out.
     pub async fn list(&self, node: &str) -> Result<Vec<Manifest>, SnapshotError> {
-        let mut out = Vec::new();
+        let (readable, unreadable) = self.scan(node).await?;
+        for (id, e) in unreadable {
+            self.report(node, &id, &e);
+        }
+        Ok(readable)
+    }
+
+    /// Every complete snapshot of `node`, newest first, and the snapshots
+    /// whose manifest cannot be read, with why.
+    async fn scan(&self, node: &str) -> Result<Scan, SnapshotError> {
+        let mut readable = Vec::new();
+        let mut unreadable = Vec::new();
         for id in self.ids(node).await? {
             match self.manifest(node, &id).await {
-                Ok(Some(m)) => out.push(m),
+                Ok(Some(m)) => readable.push(m),
                 Ok(None) => {}
-                Err(e) => {
-                    warn!(node = %node, snapshot = %id, error = %e, "unreadable snapshot manifest")
-                }
+                Err(e) => unreadable.push((id, e)),
             }
         }
-        Ok(out)
+        Ok((readable, unreadable))
+    }
+
+    /// Logs an unreadable snapshot: once per snapshot unless the cause may
+    /// pass (the object store failing).
+    fn report(&self, node: &str, id: &str, e: &SnapshotError) {
+        let lasting = !matches!(e, SnapshotError::Storage(_));
+        if lasting {
+            let first = self
+                .reported
+                .lock()
+                .expect("reported lock")
+                .insert(format!("{node}/{id}"));
+            if !first {
+                return;
+            }
+        }
+        match e {
+            SnapshotError::TooNew { format, .. } => warn!(
+                node = %node,
+                snapshot = %id,
+                format,
+                reads = %format!("{MIN_SNAPSHOT_FORMAT}-{SNAPSHOT_FORMAT}"),
+                "refused a snapshot written by a newer release; \
+                 older snapshots are used until this node is upgraded",
+            ),
+            _ => warn!(node = %node, snapshot = %id, error = %e, "unreadable snapshot manifest"),
+        }
     }
 
     /// Reads and checks one whole object of a snapshot.
@@ -610,11 +690,34 @@ impl Snapshots {
         only: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<(Manifest, Vec<(AgentId, Record)>, Vec<String>), SnapshotError> {
+        let (readable, unreadable) = self.scan(node).await?;
+        // Every snapshot newest first, read or refused, so a refused one
+        // is named in the report when an older one is used instead.
+        let mut all: Vec<Result<Manifest, (String, SnapshotError)>> =
+            readable.into_iter().map(Ok).collect();
+        for (id, e) in unreadable {
+            self.report(node, &id, &e);
+            all.push(Err((id, e)));
+        }
+        let id_of = |entry: &Result<Manifest, (String, SnapshotError)>| match entry {
+            Ok(m) => m.id.clone(),
+            Err((id, _)) => id.clone(),
+        };
+        all.sort_unstable_by_key(|entry| std::cmp::Reverse(id_of(entry)));
+
         let mut skipped = Vec::new();
-        for m in self.list(node).await? {
-            if only.is_some_and(|id| id != m.id) {
+        for entry in all {
+            if only.is_some_and(|id| id != id_of(&entry)) {
                 continue;
             }
+            let m = match entry {
+                Ok(m) => m,
+                Err((_, e)) if only.is_some() => return Err(e),
+                Err((id, e)) => {
+                    skipped.push(format!("{id}: {e}"));
+                    continue;
+                }
+            };
             match self.records_with_progress(&m, progress).await {
                 Ok(records) => return Ok((m, records, skipped)),
                 Err(e) => {

@@ -112,22 +112,109 @@ async fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one_and_says_why()
     assert!(skipped[0].contains("CRC"), "{skipped:?}");
 }
 
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 #[tokio::test]
-async fn a_snapshot_from_a_newer_release_is_refused_clearly() {
+async fn a_snapshot_from_a_newer_release_is_refused_once_and_the_older_one_used() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test runs on one thread, so everything it logs is captured.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), 4).await;
+    let (memory, snapshots) = snapshots();
+    let older = snapshots.take("n1", &store).await.unwrap();
+    let newest = snapshots.take("n1", &store).await.unwrap();
+
+    // A newer release's manifest, of a layout this one does not parse.
+    let key = ObjectPath::from(format!("test/n1/{}/manifest.json", newest.id).as_str());
+    let future = serde_json::json!({
+        "format": SNAPSHOT_FORMAT + 1,
+        "id": newest.id,
+        "parts": [{"objects": 3}],
+    });
+    memory
+        .put(&key, PutPayload::from(serde_json::to_vec(&future).unwrap()))
+        .await
+        .unwrap();
+    let err = snapshots.manifest("n1", &newest.id).await.unwrap_err();
+    assert!(matches!(err, SnapshotError::TooNew { .. }), "{err}");
+    assert!(err.to_string().contains("upgrade this node"), "{err}");
+
+    // Restores, lists and catalog loads fall back to the older snapshot.
+    let (used, records, skipped) = snapshots
+        .newest_readable("n1", None, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(used.id, older.id);
+    assert_eq!(records.len(), 4);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].starts_with(&newest.id), "{skipped:?}");
+    assert!(
+        skipped[0].contains("newer than this node reads"),
+        "{skipped:?}"
+    );
+    assert_eq!(snapshot_ids(&snapshots).await, vec![older.id.clone()]);
+    let catalog = Catalog::load(&snapshots).await.unwrap();
+    let (m, _) = catalog.find(&"counter/c3".parse().unwrap()).unwrap();
+    assert_eq!(m.id, older.id);
+
+    // Asked for by id, the newer one is refused with the same reason.
+    let only = snapshots
+        .newest_readable("n1", Some(&newest.id), &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(only, SnapshotError::TooNew { .. }), "{only}");
+
+    // One log line however often it is met.
+    let text = log.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("newer release"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains(&newest.id), "{}", lines[0]);
+}
+
+#[tokio::test]
+async fn a_snapshot_of_a_retired_format_is_refused_not_misread() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(dir.path(), 1).await;
     let (memory, snapshots) = snapshots();
     let m = snapshots.take("n1", &store).await.unwrap();
     let key = ObjectPath::from(format!("test/n1/{}/manifest.json", m.id).as_str());
-    let mut future = m.clone();
-    future.format = SNAPSHOT_FORMAT + 1;
+    let mut old = m.clone();
+    old.format = MIN_SNAPSHOT_FORMAT - 1;
     memory
-        .put(&key, PutPayload::from(serde_json::to_vec(&future).unwrap()))
+        .put(&key, PutPayload::from(serde_json::to_vec(&old).unwrap()))
         .await
         .unwrap();
     let err = snapshots.manifest("n1", &m.id).await.unwrap_err();
-    assert!(matches!(err, SnapshotError::TooNew { .. }), "{err}");
-    assert!(snapshots.list("n1").await.unwrap().is_empty());
+    assert!(matches!(err, SnapshotError::TooOld { .. }), "{err}");
 }
 
 #[tokio::test]
