@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs agent-mesh's benchmarks and leaves their reports in bench/results/.
 #
-#   bench/run.sh                  build the release binaries, then both benches
-#   bench/run.sh state            only some: state, failover
+#   bench/run.sh                  build the release binaries, then every bench
+#   bench/run.sh compare state    only some: compare, state, failover
 #
 # 1. Builds the release binaries (`cargo build --release --bins -p mesh`);
 #    the failover bench starts `mesh-node` processes from that build.
@@ -11,7 +11,12 @@
 #    exports BENCH_S3_ENDPOINT, BENCH_S3_BUCKET, AWS_ACCESS_KEY_ID and
 #    AWS_SECRET_ACCESS_KEY, so the bench also measures snapshots to S3.
 #    Without it, only the local file system is measured.
-# 3. Runs `cargo bench -p mesh --bench state`, then `--bench failover`.
+# 3. Runs `cargo bench -p mesh --bench compare` (the mesh side by side
+#    with raw ractor_cluster, NATS and Erlang/OTP; needs `erl`, from
+#    `apt-get install -y erlang-nox`), then `--bench state`, then
+#    `--bench failover`.
+# 4. Writes BENCHMARKS.md at the repository's root from the reports in
+#    bench/results/ (those of benches not run this time are kept).
 #
 # A bench that fails does not stop the next one; the script then exits
 # with 1. Builds and benches run under `nice -n 10` (BENCH_NICE changes
@@ -38,15 +43,16 @@ S3_ACCESS_KEY=mesh-bench-access
 S3_SECRET_KEY=mesh-bench-secret-0123456789
 
 usage() {
-	sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+	sed -n '2,25s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
-run_state=0 run_failover=0
+run_compare=0 run_state=0 run_failover=0
 if [ $# -eq 0 ]; then
-	run_state=1 run_failover=1
+	run_compare=1 run_state=1 run_failover=1
 fi
 for arg in "$@"; do
 	case $arg in
+	compare) run_compare=1 ;;
 	state) run_state=1 ;;
 	failover) run_failover=1 ;;
 	-h | --help | help)
@@ -55,7 +61,7 @@ for arg in "$@"; do
 		;;
 	*)
 		usage >&2
-		die "unknown bench '$arg' (expected state or failover)"
+		die "unknown bench '$arg' (expected compare, state or failover)"
 		;;
 	esac
 done
@@ -203,6 +209,15 @@ failed=()
 say "building the release binaries…"
 nice -n "$nice_level" cargo build --release --bins -p mesh
 
+if [ -z "${NATS_SERVER_BIN:-}" ] && bin=$(find_nats_server); then
+	export NATS_SERVER_BIN=$bin
+fi
+
+if [ "$run_compare" = 1 ]; then
+	say "running the comparison bench…"
+	nice -n "$nice_level" cargo bench -p mesh --bench compare || failed+=(compare)
+fi
+
 if [ "$run_state" = 1 ]; then
 	weed=$(weed_bin)
 	if [ -n "$weed" ]; then
@@ -217,12 +232,40 @@ if [ "$run_state" = 1 ]; then
 fi
 
 if [ "$run_failover" = 1 ]; then
-	if [ -z "${NATS_SERVER_BIN:-}" ] && bin=$(find_nats_server); then
-		export NATS_SERVER_BIN=$bin
-	fi
 	say "running the failover bench…"
 	nice -n "$nice_level" cargo bench -p mesh --bench failover || failed+=(failover)
 fi
+
+# Puts the reports in bench/results/ together, one heading level down.
+write_benchmarks() {
+	local out=$root/BENCHMARKS.md report
+	{
+		cat <<'EOF'
+# agent-mesh benchmarks
+
+Written by `bench/run.sh` from the reports in `bench/results/`; each part
+names the machine, revision and command it was measured with. The machine
+is shared with other work, so compare ratios measured in the same run, not
+absolute figures across runs.
+
+Reproduce (Debian; `bootstrap/install-deps.sh nats seaweedfs` and
+`apt-get install -y erlang-nox` first):
+
+```sh
+bench/run.sh                    # every bench, then this file
+bench/run.sh compare            # only the side-by-side comparison
+BENCH_QUICK=1 bench/run.sh      # small sizes, for a quick look
+```
+EOF
+		for report in compare state failover; do
+			[ -f "$here/results/$report.md" ] || continue
+			printf '\n'
+			sed 's/^#/##/' "$here/results/$report.md"
+		done
+	} >"$out"
+	say "wrote $out"
+}
+write_benchmarks
 
 if [ ${#failed[@]} -gt 0 ]; then
 	die "failed: ${failed[*]} (see above); reports of the others are in bench/results/"

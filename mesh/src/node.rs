@@ -950,6 +950,11 @@ impl Node {
         &self.shared.config.name
     }
 
+    /// How many agents are live on this node now.
+    pub fn live_agents(&self) -> usize {
+        self.shared.directory.len()
+    }
+
     /// A way to call agents from code running on this node.
     pub fn caller(&self) -> Arc<dyn Caller> {
         self.shared.caller()

@@ -329,7 +329,10 @@ impl Actor for AgentActor {
         delivery.reply.agent = Some(delivery.to.clone());
         if let Mode::Idle = state.mode {
             let (shared, id, kind) = (state.shared.clone(), state.id.clone(), state.kind.clone());
-            match activate(&shared, &id, &kind).await {
+            // Boxed, as is serving below: an actor's task is as large as
+            // the largest future it may await, and holds that size for as
+            // long as the agent lives, idle or not.
+            match Box::pin(activate(&shared, &id, &kind)).await {
                 Ok(live) => {
                     shared.directory.set_epoch(&id, live.epoch);
                     state.mode = Mode::Serving(live);
@@ -339,7 +342,7 @@ impl Actor for AgentActor {
         }
         match &state.mode {
             Mode::Serving(_) => {
-                if let Err((unanswered, mode)) = state.serve(delivery).await {
+                if let Err((unanswered, mode)) = Box::pin(state.serve(delivery)).await {
                     state.wind_down(&myself, mode);
                     if let Some(delivery) = unanswered {
                         state.pass_on(delivery);
