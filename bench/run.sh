@@ -12,9 +12,9 @@
 #    AWS_SECRET_ACCESS_KEY, so the bench also measures snapshots to S3.
 #    Without it, only the local file system is measured.
 # 3. Runs `cargo bench -p mesh --bench compare` (the mesh side by side
-#    with raw ractor_cluster, NATS and Erlang/OTP; needs `erl`, from
-#    `apt-get install -y erlang-nox`), then `--bench state`, then
-#    `--bench failover`.
+#    with raw ractor_cluster, NATS and Erlang/OTP; when `erl` is missing,
+#    installs erlang-nox first with `bootstrap/install-deps.sh erlang`),
+#    then `--bench state`, then `--bench failover`.
 # 4. Writes BENCHMARKS.md at the repository's root from the reports in
 #    bench/results/ (those of benches not run this time are kept).
 #
@@ -214,6 +214,10 @@ if [ -z "${NATS_SERVER_BIN:-}" ] && bin=$(find_nats_server); then
 fi
 
 if [ "$run_compare" = 1 ]; then
+	if ! command -v erl >/dev/null 2>&1 || ! command -v erlc >/dev/null 2>&1; then
+		say "Erlang/OTP is missing: installing it (bootstrap/install-deps.sh erlang)…"
+		"$root/bootstrap/install-deps.sh" erlang
+	fi
 	say "running the comparison bench…"
 	nice -n "$nice_level" cargo bench -p mesh --bench compare || failed+=(compare)
 fi
@@ -248,8 +252,8 @@ names the machine, revision and command it was measured with. The machine
 is shared with other work, so compare ratios measured in the same run, not
 absolute figures across runs.
 
-Reproduce (Debian; `bootstrap/install-deps.sh nats seaweedfs` and
-`apt-get install -y erlang-nox` first):
+Reproduce (Debian; `bootstrap/install-deps.sh nats seaweedfs erlang`
+first, or let `bench/run.sh` install Erlang/OTP when it is missing):
 
 ```sh
 bench/run.sh                    # every bench, then this file

