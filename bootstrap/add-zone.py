@@ -184,6 +184,8 @@ def parse_args(argv):
                         "(nats-route://10.0.0.5:6222); none for a new cluster")
     p.add_argument("--nats-cluster", metavar="NAME",
                    help="NATS cluster name of the existing servers [mesh-<cluster>]")
+    p.add_argument("--topology", metavar="FILE",
+                   help="topology file (zones, placement policies) for every node")
     p.add_argument("--kv-replicas", type=int, default=3,
                    help="JetStream replicas of the mesh's buckets, one per zone [3]")
     p.add_argument("--bin-dir", metavar="DIR",
@@ -264,6 +266,10 @@ class Run:
             self.secret = f.read()
         if len(self.secret.strip()) == 0:
             raise BadInput(f"secret file {args.secret_file} is empty")
+        self.topology = None
+        if args.topology:
+            with open(args.topology, "rb") as f:
+                self.topology = f.read()
         self.sums = {}
 
     def action(self, host, text):
@@ -294,10 +300,13 @@ class Run:
         ctx = render.Context(
             cluster=self.args.cluster, nats_cluster=self.args.nats_cluster,
             routes=self.args.routes, hosts=self.hosts, kv_replicas=self.args.kv_replicas,
-            shutdown_timeout=self.args.shutdown_timeout, node_extra=self.node_extra)
+            shutdown_timeout=self.args.shutdown_timeout, node_extra=self.node_extra,
+            topology=self.topology is not None)
         files = [(layout.node_config, render.node_config(ctx, host, layout).encode(), 0o640),
                  (layout.secret, self.secret, 0o640),
                  (layout.node_unit, render.node_unit(ctx, host, layout).encode(), 0o644)]
+        if self.topology is not None:
+            files.append((layout.topology, self.topology, 0o640))
         if host.nats:
             files += [(layout.nats_config, render.nats_config(ctx, host, layout).encode(), 0o640),
                       (layout.nats_unit, render.nats_unit(ctx, host, layout).encode(), 0o644)]
@@ -355,7 +364,8 @@ class Run:
         self.action(host, f"write {path}")
         if not self.dry:
             r.must(f"f={shlex.quote(path)}; mkdir -p \"${{f%/*}}\" && (umask 077 && "
-                   f"cat >\"$f.new\") && chmod {mode:o} \"$f.new\"{group} && mv -f \"$f.new\" \"$f\"",
+                   f"cat >\"$f.new\") && chmod {mode:o} \"$f.new\"{group} && "
+                   "mv -f \"$f.new\" \"$f\"",
                    f"writing {path}", data=content)
         return True
 
@@ -376,8 +386,10 @@ class Run:
                                                        else []):
                 self.make_data_dir(host, folder)
         contents = {path: content for path, content, _ in files}
-        stamps = {"node": self.stamp(contents[layout.node_config], contents[layout.secret],
-                                     contents[layout.node_unit], self.sum(self.binaries["mesh-node"]))}
+        node_parts = [contents[layout.node_config], contents[layout.secret],
+                      contents[layout.node_unit], self.sum(self.binaries["mesh-node"]),
+                      contents.get(layout.topology, b"")]
+        stamps = {"node": self.stamp(*node_parts)}
         if host.nats:
             stamps["nats"] = self.stamp(contents[layout.nats_config], contents[layout.nats_unit],
                                         self.sum(self.binaries["nats-server"]))

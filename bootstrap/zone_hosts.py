@@ -83,10 +83,10 @@ class Remote:
     def http_get(self, port, path):
         """(status, body) of GET http://address:port/path run on the host."""
         script = (f"exec 3<>/dev/tcp/{self.host.address}/{port} || exit 7; "
-                  f"printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3;"
+                  f"printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\n"
+                  "Connection: close\\r\\n\\r\\n' >&3;"
                   " timeout 3 cat <&3")
-        code, out, _ = self.sh(f"timeout 5 bash -c {shlex.quote(script)}",
-                                                  timeout=15)
+        code, out, _ = self.sh(f"timeout 5 bash -c {shlex.quote(script)}", timeout=15)
         if code != 0 and not out:
             return None, "no answer"
         head, _, body = out.partition(b"\r\n\r\n")

@@ -19,7 +19,7 @@ NATS_LAME_DUCK = "30s"
 #: Keys of node.toml this script decides; [node] in the inventory may not.
 NODE_KEYS_SET_BY_SCRIPT = frozenset({
     "cluster", "name", "zone", "kind", "capabilities", "nats", "listen", "advertise",
-    "data_dir", "secret_file", "kv_replicas", "metrics_listen"})
+    "data_dir", "secret_file", "kv_replicas", "metrics_listen", "topology"})
 
 HEADER = "# Written by bootstrap/add-zone.py; a later run puts back any hand edit.\n"
 
@@ -47,6 +47,8 @@ class Context:
     kv_replicas: int
     shutdown_timeout: str
     node_extra: dict
+    #: Whether a topology file goes to every node (--topology).
+    topology: bool = False
 
 
 class Layout:
@@ -58,6 +60,7 @@ class Layout:
         self.node_config = root + "/etc/mesh/node.toml"
         self.nats_config = root + "/etc/mesh/nats.conf"
         self.secret = root + "/etc/mesh/secret"
+        self.topology = root + "/etc/mesh/topology.toml"
         self.node_unit = root + "/etc/systemd/system/mesh-node.service"
         self.nats_unit = root + "/etc/systemd/system/mesh-nats.service"
         self.node_data = root + "/var/lib/mesh"
@@ -129,6 +132,8 @@ def node_config(ctx, host, layout):
         "kv_replicas": ctx.kv_replicas,
         "metrics_listen": link.rsplit(":", 1)[0] + f":{METRICS_PORT}",
     }
+    if ctx.topology:
+        keys["topology"] = layout.topology
     keys.update(sorted(ctx.node_extra.items()))
     return HEADER + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items())
 
