@@ -3,8 +3,9 @@
 //! The bucket `mesh-<cluster>-owners` holds one lease per node
 //! (`node.<name>`) and one entry per activated agent (`agent.<key>`). The
 //! protocol that keeps an agent live on at most one node:
-//! 1. each node renews its lease every `lease / 4`, and counts a renewal
-//!    from the moment it *sent* it; when no renewal has succeeded for
+//! 1. each node renews its lease every `lease / 4` (at most a second
+//!    apart), retries a failed renewal at once, and counts a renewal from
+//!    the moment it *sent* it; when no renewal has succeeded for
 //!    `lease - margin`, it stops serving every agent (it fences itself);
 //! 2. the other nodes watch the leases and note, on their own monotonic
 //!    clock, when each one last *changed*; a lease unchanged for
@@ -23,8 +24,14 @@
 //!
 //! While this node cannot reach NATS it learns nothing about leases, so it
 //! judges none: every lease counts as renewed when the connection returns.
-//! KV traffic in steady state is one lease write per node per `lease / 4`;
-//! agent entries are written only on activation and takeover.
+//! KV traffic in steady state is one lease write per node per `lease / 4`
+//! (or per second); agent entries are written only on activation and
+//! takeover.
+//!
+//! A lease survives the loss of the bucket's stream leader (a JetStream
+//! election: followers wait 4 to 9 s before they campaign) when `lease -
+//! margin` covers a renewal period, the election and a retry: with a lease
+//! of 15 s or more. A shorter lease lapses on every node meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +54,13 @@ const LEASE_MARGIN: f64 = 0.10;
 const FIRST_LEASE_ATTEMPTS: u32 = 40;
 /// The pause between two first-lease attempts.
 const FIRST_LEASE_RETRY: Duration = Duration::from_millis(250);
+/// The longest pause between two lease renewals, whatever the lease: a
+/// lease long enough to ride out a leader election is renewed often enough
+/// that little of it is spent before the election starts.
+const RENEW_PERIOD_MAX: Duration = Duration::from_secs(1);
+/// The pause before a failed lease renewal is tried again (such as while
+/// the bucket's stream elects a leader).
+const RENEW_RETRY: Duration = Duration::from_millis(200);
 /// How long a re-watch waits after the watch failed.
 const REWATCH_DELAY: Duration = Duration::from_millis(200);
 /// How often the watcher checks the NATS connection.
@@ -514,23 +528,35 @@ impl Ownership {
 /// Renews this node's lease until `stop` fires; logs when it lapses.
 pub(crate) async fn renew_forever(ownership: Arc<Ownership>) {
     let mut revision = None;
-    let period = ownership.clock.lease / 4;
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = (ownership.clock.lease / 4).min(RENEW_PERIOD_MAX);
+    let retry = RENEW_RETRY.min(period);
+    let mut next = tokio::time::Instant::now() + period;
     let mut was_valid = true;
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(next).await;
+        let started = tokio::time::Instant::now();
         let renewal = tokio::time::timeout(period, ownership.renew(revision)).await;
-        match renewal {
-            Ok(Ok(written)) => revision = Some(written),
+        // A failed renewal is tried again soon: the bucket may be electing
+        // a leader, and the lease runs out meanwhile.
+        next = match renewal {
+            Ok(Ok(written)) => {
+                revision = Some(written);
+                started + period
+            }
             Ok(Err(e)) => {
-                // Someone wrote our lease key (a process with our name?):
-                // write over it on the next round.
+                // No leader, or someone wrote our lease key (a process with
+                // our name?): write over it.
                 debug!(error = %e, "lease renewal failed");
                 revision = None;
+                tokio::time::Instant::now().max(started + retry)
             }
-            Err(_) => debug!("lease renewal timed out"),
-        }
+            Err(_) => {
+                // It may have been written: the revision is unknown.
+                debug!("lease renewal timed out");
+                revision = None;
+                tokio::time::Instant::now().max(started + retry)
+            }
+        };
         let valid = ownership.lease_valid();
         if was_valid && !valid {
             warn!("lease lapsed: this node stops serving its agents");
