@@ -8,8 +8,9 @@
 For every host of the inventory in the zone(s) given with --zone, it:
   1. checks that every host is reachable (nothing is changed otherwise);
   2. installs mesh-node, meshctl and nats-server in /opt/mesh/bin and
-     writes /etc/mesh/{node.toml,nats.conf,secret} and the systemd units
-     mesh-nats.service and mesh-node.service;
+     writes /etc/mesh/{node.toml,nats.conf,secret} (and topology.toml with
+     --topology, checked first) and the systemd units mesh-nats.service
+     and mesh-node.service;
   3. starts the zone's NATS server(s), routed to the existing cluster, and
      waits until they joined it with JetStream;
   4. starts the nodes and waits until each one is ready (/readyz) and seen,
@@ -162,6 +163,51 @@ def load_inventory(path, zones):
     return chosen, node_extra
 
 
+#: Zones every node knows without a topology file (topology/src/zone.rs).
+SCALEWAY_ZONES = tuple(f"{r}-{n}" for r in ("fr-par", "nl-ams", "pl-waw") for n in (1, 2, 3))
+
+
+def check_topology(path, meshctl, hosts):
+    """The bytes of topology file `path`, checked before anything is done:
+    by `meshctl topology check` (the nodes' own rules), then against the
+    inventory as each node checks it when it starts (its zone known, its
+    zone and kind as the file lists them)."""
+    try:
+        with open(path, "rb") as f:
+            content = f.read()
+    except OSError as e:
+        raise BadInput(f"cannot read the topology file {path}: {e.strerror}")
+    try:
+        out = subprocess.run([meshctl, "topology", "check", path], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BadInput(f"cannot check the topology file {path} with {meshctl}: {e}")
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        why = lines[-1].removeprefix("meshctl: ").removeprefix("error: ")
+        raise BadInput(f"invalid topology file: {why}")
+    try:
+        data = tomllib.loads(content.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise BadInput(f"topology file {path} is not valid TOML: {e}")
+    zones = set(SCALEWAY_ZONES) | {z.get("name") for z in data.get("zone", [])}
+    listed = {n.get("name"): n for n in data.get("node", [])}
+    for host in hosts:
+        if host.zone not in zones:
+            raise BadInput(f"zone {host.zone} of host {host.name!r} is not a Scaleway zone "
+                           f"and not declared in the topology file {path}")
+        node = listed.get(host.name)
+        if node is None:
+            continue
+        if node.get("zone") != host.zone:
+            raise BadInput(f"the topology file {path} puts host {host.name!r} in zone "
+                           f"{node.get('zone')}, the inventory in {host.zone}")
+        if node.get("kind") != host.kind:
+            raise BadInput(f"the topology file {path} says host {host.name!r} is of kind "
+                           f"{node.get('kind')}, the inventory {host.kind}")
+    return content
+
+
 def check_routes(routes):
     for route in routes:
         if not re.fullmatch(r"nats-route://([^@/]+@)?[^/:]+:\d{1,5}", route):
@@ -254,7 +300,7 @@ def sha256_file(path):
 class Run:
     """One run of the script over the chosen hosts."""
 
-    def __init__(self, args, hosts, node_extra, binaries):
+    def __init__(self, args, hosts, node_extra, binaries, topology):
         self.args = args
         self.hosts = hosts
         self.node_extra = node_extra
@@ -266,10 +312,8 @@ class Run:
             self.secret = f.read()
         if len(self.secret.strip()) == 0:
             raise BadInput(f"secret file {args.secret_file} is empty")
-        self.topology = None
-        if args.topology:
-            with open(args.topology, "rb") as f:
-                self.topology = f.read()
+        #: The topology file's bytes (checked), or None.
+        self.topology = topology
         self.sums = {}
 
     def action(self, host, text):
@@ -627,7 +671,9 @@ def main(argv):
         binaries = find_binaries(args)
         if args.local is not None and os.geteuid() != 0:
             raise BadInput("--local needs root (ip netns exec)")
-        run = Run(args, hosts, node_extra, binaries)
+        topology = (check_topology(args.topology, binaries["meshctl"], hosts)
+                    if args.topology else None)
+        run = Run(args, hosts, node_extra, binaries, topology)
     except BadInput as e:
         warn(f"error: {e}")
         return 2

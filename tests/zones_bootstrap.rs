@@ -23,6 +23,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const CLUSTER: &str = "zb";
 /// Replicated counters the traffic adds to.
 const COUNTERS: usize = 16;
+/// The zone the fourth zone's run adds, which the counters prefer.
+const NEW_ZONE: &str = "fr-par-2";
+/// The topology every run gives its nodes: counters prefer the new zone.
+const TOPOLOGY: &str = "[policy.rcounter]\nzones = [\"fr-par-2\"]\n";
+/// The nodes' ownership lease: long enough to outlast the election of a
+/// new leader for the ownership bucket's stream (see mesh::ownership).
+const LEASE: Duration = Duration::from_secs(15);
+/// Error codes a caller may see and retry (the mesh says so).
+const RETRYABLE: &[&str] = &["unavailable", "node_lost", "timeout"];
 
 /// `(host, zone, kind, capabilities)` of every lab host.
 const HOSTS: &[(&str, &str, &str, &[&str])] = &[
@@ -44,7 +53,7 @@ fn bin_dir() -> PathBuf {
         .to_owned()
 }
 
-/// The script's files: inventory, secret, and the hosts' folders.
+/// The script's files: inventory, secret, topology and the hosts' folders.
 struct Bootstrap {
     dir: tempfile::TempDir,
 }
@@ -53,6 +62,7 @@ impl Bootstrap {
     fn new() -> Bootstrap {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), "zones-bootstrap-test-secret\n").unwrap();
+        std::fs::write(dir.path().join("topology.toml"), TOPOLOGY).unwrap();
         Bootstrap { dir }
     }
 
@@ -63,7 +73,10 @@ impl Bootstrap {
     /// Writes an inventory of `hosts` (lab hosts, or missing ones given by
     /// name only) with `extra` appended; returns its path.
     fn inventory(&self, lab: &Lab, hosts: &[&str], extra: &str) -> PathBuf {
-        let mut text = String::from("[node]\nheartbeat = \"200ms\"\nmember_timeout = \"2s\"\n");
+        let mut text = format!(
+            "[node]\nheartbeat = \"200ms\"\nmember_timeout = \"2s\"\nlease = \"{}s\"\n",
+            LEASE.as_secs()
+        );
         text.push_str(extra);
         for name in hosts {
             let (_, zone, kind, caps) =
@@ -99,6 +112,8 @@ impl Bootstrap {
             .arg(inventory)
             .arg("--secret-file")
             .arg(self.path("secret"))
+            .arg("--topology")
+            .arg(self.path("topology.toml"))
             .args(["--cluster", CLUSTER, "--nats-server", nats_server_bin()])
             .arg("--bin-dir")
             .arg(bin_dir())
@@ -182,23 +197,51 @@ struct Client {
     lab: Arc<Lab>,
     host: String,
     url: String,
+    /// Every error code its calls got, with its count.
+    errors: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Client {
+    fn new(lab: &Arc<Lab>, host: &str) -> Client {
+        Client {
+            lab: lab.clone(),
+            host: host.into(),
+            url: format!("nats://{}:4222", lab.host(host).addr),
+            errors: Arc::default(),
+        }
+    }
+
     async fn call(&self, agent: &str, msg: Value) -> Result<Value, String> {
         let subject = format!("mesh.{CLUSTER}.gateway");
         let body = json!({"agent": agent, "msg": msg, "timeout_ms": 2000}).to_string();
         let wait = Duration::from_secs(4);
-        match nats_call_async(&self.lab, &self.host, &self.url, &subject, &body, wait).await {
-            NatsReply::Reply(text) => {
-                let answer: Value = serde_json::from_str(&text).expect("JSON answers");
-                match answer.get("ok") {
-                    Some(ok) => Ok(ok.clone()),
-                    None => Err(answer["error"]["code"].as_str().unwrap_or("?").to_owned()),
+        let error =
+            match nats_call_async(&self.lab, &self.host, &self.url, &subject, &body, wait).await {
+                NatsReply::Reply(text) => {
+                    let answer: Value = serde_json::from_str(&text).expect("JSON answers");
+                    match answer.get("ok") {
+                        Some(ok) => return Ok(ok.clone()),
+                        None => answer["error"]["code"].as_str().unwrap_or("?").to_owned(),
+                    }
                 }
-            }
-            other => Err(format!("{other:?}")),
-        }
+                // The gateway did not answer in time: a timeout to its caller.
+                NatsReply::Timeout => "timeout".to_owned(),
+                other => format!("{other:?}"),
+            };
+        *self
+            .errors
+            .lock()
+            .unwrap()
+            .entry(error.clone())
+            .or_default() += 1;
+        Err(error)
+    }
+
+    /// The error codes seen that a caller may not simply retry.
+    fn errors_beyond_retries(&self) -> BTreeMap<String, u64> {
+        let mut errors = self.errors.lock().unwrap().clone();
+        errors.retain(|code, _| !RETRYABLE.contains(&code.as_str()));
+        errors
     }
 
     async fn value(&self, counter: &str) -> i64 {
@@ -248,9 +291,10 @@ async fn traffic(
     }
 }
 
-/// Every "agent activated" line of the hosts' node logs: agent -> epochs.
-fn activations(boot: &Bootstrap, hosts: &[&str]) -> BTreeMap<String, Vec<u64>> {
-    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+/// Every "agent activated" line of the hosts' node logs: agent ->
+/// [(epoch, host)].
+fn activations(boot: &Bootstrap, hosts: &[&str]) -> BTreeMap<String, Vec<(u64, String)>> {
+    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
     for host in hosts {
         for line in boot
             .node_log(host)
@@ -263,20 +307,24 @@ fn activations(boot: &Bootstrap, hosts: &[&str]) -> BTreeMap<String, Vec<u64>> {
                     .map(|v| v.trim_matches('"').to_owned())
             };
             if let (Some(agent), Some(epoch)) = (field("agent"), field("epoch")) {
-                out.entry(agent).or_default().push(epoch.parse().unwrap());
+                let epoch = epoch.parse().unwrap();
+                out.entry(agent)
+                    .or_default()
+                    .push((epoch, (*host).to_owned()));
             }
         }
     }
     out
 }
 
-/// `meshctl agents --json` run inside `host`: agent -> nodes it is live on.
+/// `meshctl agents --json` run inside `host`: agent -> [(node, epoch)] of
+/// the nodes it is live on (epoch 0 while it activates).
 async fn live_agents(
     lab: &Lab,
     boot: &Bootstrap,
     host: &str,
     url: &str,
-) -> BTreeMap<String, Vec<String>> {
+) -> BTreeMap<String, Vec<(String, u64)>> {
     let meshctl = boot.path("hosts").join(host).join("opt/mesh/bin/meshctl");
     let cmd = lab.command(host, meshctl.to_str().unwrap());
     let out = tokio::process::Command::from(cmd)
@@ -290,13 +338,17 @@ async fn live_agents(
         String::from_utf8_lossy(&out.stderr)
     );
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON agent list");
-    let mut live: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut live: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
     for row in rows {
-        if row["status"].as_str().unwrap_or("").starts_with("live") {
+        let status = row["status"].as_str().unwrap_or("");
+        if status.starts_with("live") {
             let agent = row["agent"].as_str().unwrap().to_owned();
+            let epoch = status
+                .strip_prefix("live, epoch ")
+                .map_or(0, |e| e.parse().expect("an epoch"));
             live.entry(agent)
                 .or_default()
-                .push(row["node"].as_str().unwrap().to_owned());
+                .push((row["node"].as_str().unwrap().to_owned(), epoch));
         }
     }
     live
@@ -306,8 +358,22 @@ fn route(lab: &Lab, host: &str) -> String {
     format!("nats-route://{}:6222", lab.host(host).addr)
 }
 
+/// Polls `done` until it holds; fails naming `what` after `timeout`.
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether lab host `host` lives in the zone the counters prefer.
+fn in_new_zone(host: &str) -> bool {
+    HOSTS.iter().any(|h| h.0 == host && h.1 == NEW_ZONE)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_changes_nothing() {
+async fn a_fourth_zone_joins_under_traffic_and_takes_the_agents_preferring_it() {
     if let Some(why) = lab_unavailable() {
         panic!("this test needs a network lab: {why} (run bootstrap/install-deps.sh as root)");
     }
@@ -327,21 +393,29 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
         "{}",
         run.stdout
     );
+    for host in first {
+        let copied = boot.path("hosts").join(host).join("etc/mesh/topology.toml");
+        assert_eq!(
+            std::fs::read_to_string(&copied).ok().as_deref(),
+            Some(TOPOLOGY)
+        );
+    }
 
-    // Traffic through zone a's NATS server from now on.
-    let client = Client {
-        lab: lab.clone(),
-        host: "a1".into(),
-        url: format!("nats://{}:4222", lab.host("a1").addr),
-    };
+    // Traffic through zone a's NATS server from now on; every counter is
+    // live in the first zones before the new zone comes.
+    let client = Client::new(&lab, "a1");
     let stop = Arc::new(AtomicBool::new(false));
     let expected = Arc::new(Mutex::new(BTreeMap::new()));
     let load = tokio::spawn(traffic(client.clone(), stop.clone(), expected.clone()));
+    wait_for("every counter took an add", Duration::from_secs(60), || {
+        expected.lock().unwrap().len() == COUNTERS
+    })
+    .await;
 
     // An unreachable host stops the run before anything changes.
     let routes: Vec<String> = first.iter().map(|h| route(&lab, h)).collect();
     let with_ghost = boot.inventory(&lab, &["a1", "b1", "c1", "d1", "d2", "d3"], "");
-    let run = boot.run(&with_ghost, &["fr-par-2"], &routes).await;
+    let run = boot.run(&with_ghost, &[NEW_ZONE], &routes).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stderr
@@ -360,7 +434,7 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
     // A dry run says what it would do, and does none of it.
     let inventory = boot.inventory(&lab, &all, "");
     let dry = boot
-        .run_with(&inventory, &["fr-par-2"], &routes, &["--dry-run"])
+        .run_with(&inventory, &[NEW_ZONE], &routes, &["--dry-run"])
         .await;
     dry.assert_ok();
     for action in [
@@ -379,11 +453,12 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
 
     // A failed step (the nodes refuse a setting) stops with mesh-node's
     // own message and a way to resume.
-    let broken = boot.inventory(&lab, &all, "lease = \"forever\"\n");
-    let run = boot.run(&broken, &["fr-par-2"], &routes).await;
+    let broken = boot.inventory(&lab, &all, "passivate_after = \"forever\"\n");
+    let run = boot.run(&broken, &[NEW_ZONE], &routes).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
-        run.stderr.contains("invalid value \"forever\" for lease")
+        run.stderr
+            .contains("invalid value \"forever\" for passivate_after")
             && run
                 .stderr
                 .contains("fix the cause, then run the same command again"),
@@ -394,7 +469,7 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
 
     // Fixed, and killed half-way: once it started the first new node.
     let inventory = boot.inventory(&lab, &all, "");
-    let mut cmd = boot.command(&inventory, &["fr-par-2"], &routes);
+    let mut cmd = boot.command(&inventory, &[NEW_ZONE], &routes);
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -413,7 +488,7 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
     child.kill().await.unwrap();
 
     // A rerun completes; the one after changes nothing.
-    let run = boot.run(&inventory, &["fr-par-2"], &routes).await;
+    let run = boot.run(&inventory, &[NEW_ZONE], &routes).await;
     run.assert_ok();
     assert!(
         run.stdout.contains("2 nodes ready and linked"),
@@ -426,7 +501,7 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
         "{}",
         run.stdout
     );
-    let again = boot.run(&inventory, &["fr-par-2"], &routes).await;
+    let again = boot.run(&inventory, &[NEW_ZONE], &routes).await;
     again.assert_ok();
     assert!(
         again.actions().is_empty(),
@@ -435,7 +510,7 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
     );
     assert!(again.stdout.contains("nothing changed"), "{}", again.stdout);
     let dry = boot
-        .run_with(&inventory, &["fr-par-2"], &routes, &["--dry-run"])
+        .run_with(&inventory, &[NEW_ZONE], &routes, &["--dry-run"])
         .await;
     assert!(
         dry.stdout.contains("dry run: nothing to change"),
@@ -451,40 +526,77 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
     );
 
     // The new zone serves: an agent reached through its own NATS server.
-    let via_d = Client {
-        lab: lab.clone(),
-        host: "d1".into(),
-        url: format!("nats://{}:4222", lab.host("d1").addr),
-    };
+    let via_d = Client::new(&lab, "d1");
     assert_eq!(
         via_d.call("echo/from-d", json!({"hi": 1})).await,
         Ok(json!({"hi": 1}))
     );
 
+    // The counters prefer the new zone: they move there under traffic.
+    let moved_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = live_agents(&lab, &boot, "d1", &via_d.url).await;
+        let there = expected.lock().unwrap().keys().all(|counter| {
+            live.get(counter)
+                .is_some_and(|nodes| nodes.len() == 1 && in_new_zone(&nodes[0].0))
+        });
+        if there {
+            break;
+        }
+        assert!(
+            Instant::now() < moved_by,
+            "the counters did not all move to {NEW_ZONE}: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Traffic goes on for a while after the moves.
+    let total = || expected.lock().unwrap().values().sum::<i64>();
+    let after_moves = total() + 2 * COUNTERS as i64;
+    wait_for("traffic after the moves", Duration::from_secs(30), || {
+        total() >= after_moves
+    })
+    .await;
+
     stop.store(true, Ordering::SeqCst);
     load.await.expect("traffic ran without failing");
+    assert_eq!(
+        client.errors_beyond_retries(),
+        BTreeMap::new(),
+        "callers saw errors beyond retries: {:?}",
+        client.errors.lock().unwrap()
+    );
 
     // Nothing lost: every counter holds every acknowledged add.
     let expected = expected.lock().unwrap().clone();
-    assert!(
-        expected.values().sum::<i64>() >= COUNTERS as i64,
-        "too little traffic: {expected:?}"
-    );
     for (counter, value) in &expected {
         assert_eq!(client.value(counter).await, *value, "{counter} lost an add");
     }
 
-    // No double activation: each agent is live on one node, and no epoch
-    // was activated twice.
+    // No double activation: each counter is live on one node of the new
+    // zone, by the newest of its activations, which came after one in the
+    // first zones; no epoch was activated twice.
     let live = live_agents(&lab, &boot, "d1", &via_d.url).await;
+    let log = activations(&boot, &all);
     for counter in expected.keys() {
+        let nodes = live.get(counter).cloned().unwrap_or_default();
+        let [(node, epoch)] = nodes.as_slice() else {
+            panic!("{counter} is live on {nodes:?}");
+        };
+        assert!(in_new_zone(node), "{counter} live on {node}");
+        let seen = log.get(counter).cloned().unwrap_or_default();
+        assert!(
+            seen.iter().any(|(_, host)| !in_new_zone(host)),
+            "{counter} was not live in the first zones: {seen:?}"
+        );
+        let newest = seen.iter().max().expect("activations");
         assert_eq!(
-            live.get(counter).map(Vec::len),
-            Some(1),
-            "{counter}: {live:?}"
+            newest,
+            &(*epoch, node.clone()),
+            "{counter}: live epoch {epoch} on {node}, activations {seen:?}"
         );
     }
-    for (agent, mut epochs) in activations(&boot, &all) {
+    for (agent, seen) in &log {
+        let mut epochs: Vec<u64> = seen.iter().map(|(epoch, _)| *epoch).collect();
         let count = epochs.len();
         epochs.sort_unstable();
         epochs.dedup();
@@ -494,7 +606,8 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
     // The ownership bucket has a replica in each of three zones, so with zone
     // fr-par-1 gone (its NATS server and node killed), the counters answer
     // through the new zone with every add.
-    let servers = bucket_servers(&lab, "b1", &format!("KV_mesh-{CLUSTER}-owners")).await;
+    let owners = format!("KV_mesh-{CLUSTER}-owners");
+    let servers = bucket_servers(&lab, "b1", &owners).await;
     let zones_of: Vec<&str> = servers
         .iter()
         .map(|s| {
@@ -512,7 +625,21 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
         3,
         "owners bucket replicas: {servers:?} in {zones_of:?}"
     );
+    // The worst case: the zone lost holds the bucket's leader, so JetStream
+    // elects another while the nodes renew their leases.
+    lead_stream(&lab, "b1", &owners, "a1").await;
+    let before = activations(&boot, &all);
     kill_host(&lab, "a1");
+    let killed = Instant::now();
+    let servers = bucket_servers(&lab, "b1", &owners).await;
+    eprintln!(
+        "zone loss: {owners} led by {} after {:?}",
+        servers[0],
+        killed.elapsed()
+    );
+    // Past a lease since the loss: a lease that was not renewed meanwhile
+    // has lapsed, and its agents would activate again when called.
+    tokio::time::sleep_until((killed + LEASE).into()).await;
     for (counter, value) in &expected {
         assert_eq!(
             via_d.value(counter).await,
@@ -520,35 +647,94 @@ async fn a_fourth_zone_added_by_the_script_joins_under_traffic_and_a_rerun_chang
             "{counter} after zone loss"
         );
     }
-    // (Losing the zone of the bucket's leader makes every lease lapse for
-    // a few seconds, which stops every agent: some may not be live now.)
-    let live = live_agents(&lab, &boot, "d1", &via_d.url).await;
+    eprintln!(
+        "zone loss: every counter answered after {:?}",
+        killed.elapsed()
+    );
+
+    // The leases outlasted the election: no counter stopped or moved.
+    let live_after = live_agents(&lab, &boot, "d1", &via_d.url).await;
+    let after = activations(&boot, &all);
     for counter in expected.keys() {
-        let nodes = live.get(counter).cloned().unwrap_or_default();
-        assert!(nodes.len() <= 1 && !nodes.contains(&"a1".to_owned()), "{counter}: {nodes:?}");
+        assert_eq!(
+            live_after.get(counter),
+            live.get(counter),
+            "{counter} after zone loss"
+        );
+        assert_eq!(
+            after.get(counter),
+            before.get(counter),
+            "{counter} activated again after zone loss"
+        );
     }
 }
 
-/// The NATS servers holding the replicas of JetStream stream `stream`, as
-/// its leader reports them (stream info, asked through `host`'s server).
+/// Makes the NATS server of `host` the leader of stream `stream`, asking
+/// through `via`'s server for leader step-downs.
+async fn lead_stream(lab: &Lab, via: &str, stream: &str, host: &str) {
+    let want = format!("nats-{host}");
+    let url = format!("nats://{}:4222", lab.host(via).addr);
+    let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
+    let body = json!({"placement": {"preferred": want}}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let servers = bucket_servers(lab, via, stream).await;
+        if servers[0] == want {
+            return;
+        }
+        assert!(
+            servers.contains(&want),
+            "{want} holds no replica: {servers:?}"
+        );
+        assert!(Instant::now() < deadline, "{want} never led {stream}");
+        let reply = nats_call_async(lab, via, &url, &subject, &body, Duration::from_secs(5)).await;
+        let Some(text) = reply.ok() else {
+            continue;
+        };
+        let answer: Value = serde_json::from_str(&text).expect("JSON step-down answer");
+        assert!(
+            answer["error"].is_null() || answer["success"] == true,
+            "{answer}"
+        );
+        // Wait for the election the step-down started.
+        let changed = Instant::now() + Duration::from_secs(10);
+        while bucket_servers_now(lab, via, stream).await.as_deref() == Some(servers.as_slice())
+            && Instant::now() < changed
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The NATS servers holding the replicas of JetStream stream `stream`,
+/// leader first, as its leader reports them (stream info, asked through
+/// `host`'s server); waits while the stream elects a leader.
 async fn bucket_servers(lab: &Lab, host: &str, stream: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(servers) = bucket_servers_now(lab, host, stream).await {
+            return servers;
+        }
+        assert!(Instant::now() < deadline, "{stream} has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`bucket_servers`], or `None` when no leader answers now.
+async fn bucket_servers_now(lab: &Lab, host: &str, stream: &str) -> Option<Vec<String>> {
     let url = format!("nats://{}:4222", lab.host(host).addr);
     let subject = format!("$JS.API.STREAM.INFO.{stream}");
     let wait = Duration::from_secs(5);
-    let reply = nats_call_async(lab, host, &url, &subject, "", wait).await;
-    let NatsReply::Reply(text) = reply else {
-        panic!("stream info of {stream}: {reply:?}");
-    };
+    let text = nats_call_async(lab, host, &url, &subject, "", wait)
+        .await
+        .ok()?;
     let info: Value = serde_json::from_str(&text).expect("JSON stream info");
     let cluster = &info["cluster"];
-    let mut servers = vec![cluster["leader"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no leader in {info}"))
-        .to_owned()];
+    let mut servers = vec![cluster["leader"].as_str()?.to_owned()];
     for replica in cluster["replicas"].as_array().cloned().unwrap_or_default() {
         servers.push(replica["name"].as_str().expect("a name").to_owned());
     }
-    servers
+    Some(servers)
 }
 
 /// Kills every process of a lab host, as if its zone went down.
@@ -636,6 +822,67 @@ fn bad_inventories_and_arguments_stop_the_script_with_one_line_naming_the_proble
     let inventory = dir.path().join("inventory.toml");
     std::fs::write(&inventory, host("")).unwrap();
     let inv = inventory.to_str().unwrap();
+    // Topology files: checked as `meshctl topology check` does, then
+    // against the inventory as each node would when it starts.
+    let topology = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let unknown_zone = topology("t1.toml", "[policy.rcounter]\nzones = [\"fr-par-7\"]\n");
+    let elsewhere = topology(
+        "t2.toml",
+        "[[node]]\nname = \"h1\"\nzone = \"nl-ams-1\"\nkind = \"instance\"\n",
+    );
+    let other_kind = topology(
+        "t3.toml",
+        "[[node]]\nname = \"h1\"\nzone = \"fr-par-2\"\nkind = \"elastic-metal\"\n",
+    );
+    let unsatisfiable = topology(
+        "t4.toml",
+        "[[node]]\nname = \"h1\"\nzone = \"fr-par-2\"\nkind = \"instance\"\n\n\
+         [policy.trainer]\ncapabilities = [\"gpu\"]\n",
+    );
+    let zone_args = ["--zone", "fr-par-2", "--inventory", inv, "--topology"];
+    let with_topology = |file: &str| {
+        let mut args = zone_args.map(str::to_owned).to_vec();
+        args.push(file.to_owned());
+        args
+    };
+    let topology_cases = [
+        (
+            with_topology(&unknown_zone),
+            "invalid topology file: ".to_owned()
+                + &unknown_zone
+                + ": policy rcounter: unknown zone \"fr-par-7\"",
+        ),
+        (
+            with_topology(&elsewhere),
+            format!("the topology file {elsewhere} puts host 'h1' in zone nl-ams-1"),
+        ),
+        (
+            with_topology(&other_kind),
+            format!("the topology file {other_kind} says host 'h1' is of kind elastic-metal"),
+        ),
+        (
+            with_topology(&unsatisfiable),
+            "policy trainer: no node satisfies it".to_owned(),
+        ),
+        (
+            with_topology("/nonexistent.toml"),
+            "cannot read the topology file /nonexistent.toml".to_owned(),
+        ),
+    ];
+    for (args, message) in &topology_cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stderr) = run_plain(dir.path(), &args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(message.as_str()),
+            "{args:?}: expected {message:?} in {stderr:?}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
+    }
     let bad_args: [(&[&str], &str); 3] = [
         (
             &[
