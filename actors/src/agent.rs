@@ -324,12 +324,7 @@ impl Context {
         msg: &A::Message,
         timeout: Duration,
     ) -> Result<A::Reply, CallError> {
-        let to = AgentId::new(A::KIND, name).map_err(|e| CallError::Internal {
-            reason: e.to_string(),
-        })?;
-        let payload = codec::encode(msg).map_err(|e| CallError::Internal {
-            reason: e.to_string(),
-        })?;
+        let (to, payload) = addressed::<A>(name, msg)?;
         let agent = to.to_string();
         let reply = self.caller.call(to, payload, timeout).await?;
         codec::decode(&reply).map_err(|e| CallError::Internal {
@@ -339,12 +334,7 @@ impl Context {
 
     /// Sends agent `A::KIND/name` a typed message without waiting.
     pub fn cast<A: Agent>(&self, name: &str, msg: &A::Message) -> Result<(), CallError> {
-        let to = AgentId::new(A::KIND, name).map_err(|e| CallError::Internal {
-            reason: e.to_string(),
-        })?;
-        let payload = codec::encode(msg).map_err(|e| CallError::Internal {
-            reason: e.to_string(),
-        })?;
+        let (to, payload) = addressed::<A>(name, msg)?;
         self.caller.cast(to, payload)
     }
 
@@ -367,4 +357,12 @@ impl Context {
         let payload = kind.message_from_json(to, msg)?;
         self.caller.cast(to.clone(), payload)
     }
+}
+
+/// The id of agent `A::KIND/name` and `msg` encoded for it.
+fn addressed<A: Agent>(name: &str, msg: &A::Message) -> Result<(AgentId, Vec<u8>), CallError> {
+    let internal = |reason: String| CallError::Internal { reason };
+    let to = AgentId::new(A::KIND, name).map_err(|e| internal(e.to_string()))?;
+    let payload = codec::encode(msg).map_err(|e| internal(e.to_string()))?;
+    Ok((to, payload))
 }
