@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use mesh::gateway::Response;
 use serde_json::json;
-use support::{error_code, meshctl, ok, wait_until, Client, MeshNode, Nats, NatsCluster, NodeSpec};
+use support::{
+    activations, error_code, meshctl, ok, wait_until, Client, MeshNode, Nats, NatsCluster, NodeSpec,
+};
 
 const ZONES: [&str; 3] = ["fr-par-1", "fr-par-2", "nl-ams-1"];
 
@@ -102,32 +104,6 @@ impl Writers {
             );
         }
     }
-}
-
-/// Every "agent activated" line of `logs`: agent -> [(epoch, node)].
-fn activations(nodes: &[&MeshNode]) -> BTreeMap<String, Vec<(u64, String)>> {
-    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    for node in nodes {
-        for line in node
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("agent activated"))
-        {
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                    .map(|v| v.trim_matches('"').to_owned())
-            };
-            let (Some(agent), Some(epoch)) = (field("agent"), field("epoch")) else {
-                continue;
-            };
-            let epoch: u64 = epoch.parse().unwrap();
-            out.entry(agent)
-                .or_default()
-                .push((epoch, node.name().to_owned()));
-        }
-    }
-    out
 }
 
 #[tokio::test]

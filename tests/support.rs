@@ -7,6 +7,7 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;
@@ -643,4 +644,33 @@ pub fn meshctl(nats_url: &str, cluster: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("meshctl runs")
+}
+
+/// The agent and epoch of every "agent activated" line of a node's log.
+pub fn activated(log: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for line in log.lines().filter(|l| l.contains("agent activated")) {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .map(|v| v.trim_matches('"').to_owned())
+        };
+        if let (Some(agent), Some(epoch)) = (field("agent"), field("epoch")) {
+            out.push((agent, epoch.parse().expect("a numeric epoch")));
+        }
+    }
+    out
+}
+
+/// Every activation in the nodes' logs: agent -> [(epoch, node)].
+pub fn activations(nodes: &[&MeshNode]) -> BTreeMap<String, Vec<(u64, String)>> {
+    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for node in nodes {
+        for (agent, epoch) in activated(&node.log_text()) {
+            out.entry(agent)
+                .or_default()
+                .push((epoch, node.name().to_owned()));
+        }
+    }
+    out
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mesh::gateway::Response;
 use serde_json::json;
-use support::{meshctl, meshctl_ok, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+use support::{activations, meshctl, meshctl_ok, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
 
 /// Callers adding one at a time to each agent until stopped, keeping
 /// count of what was acknowledged and of every error code seen.
@@ -112,32 +112,6 @@ impl Writers {
             );
         }
     }
-}
-
-/// Every "agent activated" line of the nodes' logs: agent -> [(epoch, node)].
-fn activations(nodes: &[&MeshNode]) -> BTreeMap<String, Vec<(u64, String)>> {
-    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    for node in nodes {
-        for line in node
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("agent activated"))
-        {
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                    .map(|v| v.trim_matches('"').to_owned())
-            };
-            if let (Some(agent), Some(epoch)) = (field("agent"), field("epoch")) {
-                let entry = (epoch.parse().unwrap(), node.name().to_owned());
-                out.entry(agent).or_default().push(entry);
-            }
-        }
-    }
-    for list in out.values_mut() {
-        list.sort();
-    }
-    out
 }
 
 /// A node spec sharing `snapshots` (so `local` agents can move) and
