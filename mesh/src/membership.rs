@@ -159,6 +159,9 @@ pub struct Membership {
     me: String,
     timeout: Duration,
     members: BTreeMap<String, Member>,
+    /// The zone every node ever seen announced last, kept after it leaves:
+    /// its agents fail over near it even once it is gone from the view.
+    zones: BTreeMap<String, String>,
 }
 
 impl Membership {
@@ -168,6 +171,7 @@ impl Membership {
             me: me.to_owned(),
             timeout,
             members: BTreeMap::new(),
+            zones: BTreeMap::new(),
         }
     }
 
@@ -175,6 +179,9 @@ impl Membership {
     pub fn observe(&mut self, info: Announcement, now: Instant) -> Vec<Change> {
         if info.name == self.me {
             return Vec::new();
+        }
+        if self.zones.get(&info.name) != Some(&info.zone) {
+            self.zones.insert(info.name.clone(), info.zone.clone());
         }
         let Some(known) = self.members.get_mut(&info.name) else {
             let joined = Change::Joined(info.clone());
@@ -256,6 +263,11 @@ impl Membership {
         } else {
             Status::Alive
         }
+    }
+
+    /// The zone node `name` announced last, even if it has left since.
+    pub fn zone_of(&self, name: &str) -> Option<&str> {
+        self.zones.get(name).map(String::as_str)
     }
 
     /// The member called `name`.

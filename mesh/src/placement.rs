@@ -119,7 +119,7 @@ impl Shared {
         let nodes = self.placement_view_for(id.kind(), links);
         let origin = lost_from.and_then(|lost| {
             let members = self.members.read().expect("members lock");
-            members.get(&lost).map(|m| m.info.zone.clone())
+            members.zone_of(&lost).map(str::to_owned)
         });
         let ranked = crate::node::with_placement_key(id, |key| match origin {
             Some(zone) => topology::rank_near(key, policy, &nodes, &zone),

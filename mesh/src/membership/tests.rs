@@ -157,3 +157,19 @@ fn placement_keeps_only_nodes_running_the_newest_state_version() {
     assert_eq!(able_to_run(&same), vec!["a", "b"]);
     assert!(able_to_run(&[("x", 0)]).is_empty());
 }
+
+#[test]
+fn a_departed_node_s_zone_is_remembered_for_failover() {
+    let t0 = Instant::now();
+    let mut view = Membership::new("me", TIMEOUT);
+    let mut a = announcement("a", 1);
+    a.zone = "nl-ams-2".into();
+    view.observe(a, t0);
+    assert!(view.goodbye("a", 1).is_some());
+    assert!(view.get("a").is_none());
+    assert_eq!(view.zone_of("a"), Some("nl-ams-2"));
+    view.observe(announcement("b", 1), t0);
+    view.expire(t0 + TIMEOUT * 2);
+    assert_eq!(view.zone_of("b"), Some("fr-par-1"));
+    assert_eq!(view.zone_of("never-seen"), None);
+}
