@@ -21,6 +21,9 @@ NODE_KEYS_SET_BY_SCRIPT = frozenset({
     "cluster", "name", "zone", "kind", "capabilities", "nats", "listen", "advertise",
     "data_dir", "secret_file", "kv_replicas", "metrics_listen", "topology"})
 
+#: The ownership lease of nodes spread over zones (see node_config).
+ZONE_LEASE = "15s"
+
 HEADER = "# Written by bootstrap/add-zone.py; a later run puts back any hand edit.\n"
 
 
@@ -131,6 +134,10 @@ def node_config(ctx, host, layout):
         "secret_file": layout.secret,
         "kv_replicas": ctx.kv_replicas,
         "metrics_listen": link.rsplit(":", 1)[0] + f":{METRICS_PORT}",
+        # Outlasts a JetStream leader election of the ownership bucket
+        # (4 to 9 s) when a zone is lost; [node] in the inventory may
+        # shorten it.
+        "lease": ZONE_LEASE,
     }
     if ctx.topology:
         keys["topology"] = layout.topology

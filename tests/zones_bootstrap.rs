@@ -27,8 +27,9 @@ const COUNTERS: usize = 16;
 const NEW_ZONE: &str = "fr-par-2";
 /// The topology every run gives its nodes: counters prefer the new zone.
 const TOPOLOGY: &str = "[policy.rcounter]\nzones = [\"fr-par-2\"]\n";
-/// The nodes' ownership lease: long enough to outlast the election of a
-/// new leader for the ownership bucket's stream (see mesh::ownership).
+/// The ownership lease add-zone.py gives nodes: long enough to outlast
+/// the election of a new leader for the ownership bucket's stream (see
+/// mesh::ownership).
 const LEASE: Duration = Duration::from_secs(15);
 /// Error codes a caller may see and retry (the mesh says so).
 const RETRYABLE: &[&str] = &["unavailable", "node_lost", "timeout"];
@@ -73,10 +74,8 @@ impl Bootstrap {
     /// Writes an inventory of `hosts` (lab hosts, or missing ones given by
     /// name only) with `extra` appended; returns its path.
     fn inventory(&self, lab: &Lab, hosts: &[&str], extra: &str) -> PathBuf {
-        let mut text = format!(
-            "[node]\nheartbeat = \"200ms\"\nmember_timeout = \"2s\"\nlease = \"{}s\"\n",
-            LEASE.as_secs()
-        );
+        // No lease: the script's default for zones (LEASE) is under test.
+        let mut text = "[node]\nheartbeat = \"200ms\"\nmember_timeout = \"2s\"\n".to_owned();
         text.push_str(extra);
         for name in hosts {
             let (_, zone, kind, caps) =
@@ -394,6 +393,10 @@ async fn a_fourth_zone_joins_under_traffic_and_takes_the_agents_preferring_it() 
         run.stdout
     );
     for host in first {
+        let config = boot.path("hosts").join(host).join("etc/mesh/node.toml");
+        let config = std::fs::read_to_string(&config).expect("node.toml written");
+        let lease = format!("lease = \"{}s\"", LEASE.as_secs());
+        assert!(config.contains(&lease), "{config}");
         let copied = boot.path("hosts").join(host).join("etc/mesh/topology.toml");
         assert_eq!(
             std::fs::read_to_string(&copied).ok().as_deref(),
