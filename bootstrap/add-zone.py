@@ -2,7 +2,7 @@
 """Adds zones to an agent mesh: NATS server, nodes, systemd units.
 
   bootstrap/add-zone.py --zone nl-ams-2 --inventory ams2.toml \\
-      --cluster prod --secret-file secret \\
+      --cluster prod --secret-file secret --tls-dir mesh-ca \\
       --routes nats-route://10.0.0.5:6222,nats-route://10.1.0.5:6222
 
 For every host of the inventory in the zone(s) given with --zone, it:
@@ -225,6 +225,13 @@ def parse_args(argv):
     p.add_argument("--cluster", default="mesh", help="the mesh cluster name [mesh]")
     p.add_argument("--secret-file", required=True, metavar="FILE",
                    help="the existing cluster's secret (copied to every node)")
+    links = p.add_mutually_exclusive_group(required=True)
+    links.add_argument("--tls-dir", metavar="DIR",
+                       help="folder of the cluster CA (ca.crt, ca.key; bootstrap/certs.sh ca DIR "
+                            "makes one): each node gets a certificate signed by it, made there "
+                            "as HOST.crt/HOST.key on first use")
+    links.add_argument("--insecure", action="store_true",
+                       help="plaintext links between nodes (a development mesh only)")
     p.add_argument("--routes", action="append", default=[], metavar="URLS",
                    help="the existing NATS servers' routes, comma separated "
                         "(nats-route://10.0.0.5:6222); none for a new cluster")
@@ -345,16 +352,44 @@ class Run:
             cluster=self.args.cluster, nats_cluster=self.args.nats_cluster,
             routes=self.args.routes, hosts=self.hosts, kv_replicas=self.args.kv_replicas,
             shutdown_timeout=self.args.shutdown_timeout, node_extra=self.node_extra,
-            topology=self.topology is not None)
+            topology=self.topology is not None,
+            links="insecure" if self.args.insecure else "tls")
         files = [(layout.node_config, render.node_config(ctx, host, layout).encode(), 0o640),
                  (layout.secret, self.secret, 0o640),
                  (layout.node_unit, render.node_unit(ctx, host, layout).encode(), 0o644)]
         if self.topology is not None:
             files.append((layout.topology, self.topology, 0o640))
+        if not self.args.insecure:
+            ca, cert, key = self.node_certificate(host)
+            files += [(layout.tls_ca, ca, 0o644), (layout.tls_cert, cert, 0o644),
+                      (layout.tls_key, key, 0o640)]
         if host.nats:
             files += [(layout.nats_config, render.nats_config(ctx, host, layout).encode(), 0o640),
                       (layout.nats_unit, render.nats_unit(ctx, host, layout).encode(), 0o644)]
         return layout, files
+
+    def node_certificate(self, host):
+        """(CA, certificate, key) of `host`, made with bootstrap/certs.sh in
+        --tls-dir the first time (kept there, so later runs change nothing)."""
+        folder = self.args.tls_dir
+        cert = os.path.join(folder, f"{host.name}.crt")
+        key = os.path.join(folder, f"{host.name}.key")
+        if not (os.path.exists(cert) and os.path.exists(key)):
+            if self.dry:
+                say(f"[{host.name}] would make its certificate {cert}")
+                return b"", b"", b""
+            script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "certs.sh")
+            out = subprocess.run([script, "node", folder, host.name, host.address],
+                                 capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise BadInput(f"cannot make the certificate of {host.name}: "
+                               + out.stderr.strip().replace("\n", " "))
+        try:
+            with open(os.path.join(folder, "ca.crt"), "rb") as f_ca, \
+                    open(cert, "rb") as f_cert, open(key, "rb") as f_key:
+                return f_ca.read(), f_cert.read(), f_key.read()
+        except OSError as e:
+            raise BadInput(f"--tls-dir {folder}: {e}") from e
 
     def install_binary(self, host, name, dest):
         src = self.binaries[name]
@@ -432,7 +467,7 @@ class Run:
         contents = {path: content for path, content, _ in files}
         node_parts = [contents[layout.node_config], contents[layout.secret],
                       contents[layout.node_unit], self.sum(self.binaries["mesh-node"]),
-                      contents.get(layout.topology, b"")]
+                      contents.get(layout.topology, b""), contents.get(layout.tls_cert, b"")]
         stamps = {"node": self.stamp(*node_parts)}
         if host.nats:
             stamps["nats"] = self.stamp(contents[layout.nats_config], contents[layout.nats_unit],

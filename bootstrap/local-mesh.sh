@@ -297,7 +297,7 @@ start_node() {
 	launch "$log" "$mesh_node" \
 		--cluster "$cluster" --name "$name" --zone "$zone" --kind "$kind" \
 		--nats "$nats_url" --listen "127.0.0.1:$port" \
-		--data-dir "$state/$name" --secret-file "$state/secret" \
+		--data-dir "$state/$name" --secret-file "$state/secret" --insecure \
 		--snapshots "file://$state/snapshots" \
 		--workers "${MESH_LOCAL_WORKERS:-4}"
 	printf '%s\n' "$launched_pid" >"$state/$name.pid"

@@ -19,7 +19,8 @@ NATS_LAME_DUCK = "30s"
 #: Keys of node.toml this script decides; [node] in the inventory may not.
 NODE_KEYS_SET_BY_SCRIPT = frozenset({
     "cluster", "name", "zone", "kind", "capabilities", "nats", "listen", "advertise",
-    "data_dir", "secret_file", "kv_replicas", "metrics_listen", "topology"})
+    "data_dir", "secret_file", "kv_replicas", "metrics_listen", "topology",
+    "insecure", "tls_ca", "tls_cert", "tls_key"})
 
 #: The ownership lease of nodes spread over zones (see node_config).
 ZONE_LEASE = "15s"
@@ -52,6 +53,8 @@ class Context:
     node_extra: dict
     #: Whether a topology file goes to every node (--topology).
     topology: bool = False
+    #: Links: "tls" (certificates under /etc/mesh/tls) or "insecure".
+    links: str = "tls"
 
 
 class Layout:
@@ -64,6 +67,9 @@ class Layout:
         self.nats_config = root + "/etc/mesh/nats.conf"
         self.secret = root + "/etc/mesh/secret"
         self.topology = root + "/etc/mesh/topology.toml"
+        self.tls_ca = root + "/etc/mesh/tls/ca.crt"
+        self.tls_cert = root + "/etc/mesh/tls/node.crt"
+        self.tls_key = root + "/etc/mesh/tls/node.key"
         self.node_unit = root + "/etc/systemd/system/mesh-node.service"
         self.nats_unit = root + "/etc/systemd/system/mesh-nats.service"
         self.node_data = root + "/var/lib/mesh"
@@ -141,6 +147,10 @@ def node_config(ctx, host, layout):
     }
     if ctx.topology:
         keys["topology"] = layout.topology
+    if ctx.links == "insecure":
+        keys["insecure"] = True
+    else:
+        keys.update(tls_ca=layout.tls_ca, tls_cert=layout.tls_cert, tls_key=layout.tls_key)
     keys.update(sorted(ctx.node_extra.items()))
     return HEADER + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items())
 

@@ -142,7 +142,8 @@ fn start_node(lab: &Lab, host: &str, nats_url: &str, root: &Path) -> NsChild {
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--secret-file")
-        .arg(dir.join("secret"));
+        .arg(dir.join("secret"))
+        .arg("--insecure");
     spawn_logged(&mut command, &dir.join("node.log"))
 }
 

@@ -14,16 +14,31 @@ use std::time::Duration;
 use futures::StreamExt;
 use mesh::subjects;
 use serde_json::json;
-use support::{error_code, ok, wait_until, Client, MeshNode, Nats, NodeSpec};
+use support::{error_code, ok, wait_until, Client, MeshNode, Nats, NodeSpec, TestCa, TlsFiles};
 
-/// Waits until `node`'s log contains `needle`.
+/// Waits until `node`'s log contains `needle`; a timeout shows the log's
+/// last lines.
 async fn logged(node: &MeshNode, needle: &str) {
-    let what = format!("{} to log {needle:?}", node.name());
-    wait_until(&what, Duration::from_secs(15), || {
-        let found = node.log_text().contains(needle);
-        async move { found.then_some(()) }
-    })
-    .await;
+    let waited = tokio::time::timeout(Duration::from_secs(15), async {
+        while !node.log_text().contains(needle) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    if waited.await.is_err() {
+        let log = node.log_text();
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("mesh::"))
+            .rev()
+            .take(30)
+            .collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "timed out waiting for {} to log {needle:?}; its log ends:\n{}",
+            node.name(),
+            tail.join("\n")
+        );
+    }
 }
 
 /// The resident set size of a process, in KiB, from /proc.
@@ -244,4 +259,118 @@ async fn oversized_and_deeply_nested_gateway_json_gets_an_error_reply() {
         .call(Some("node-0"), "counter/a", json!({"add": 2}))
         .await);
     assert_eq!(reply, json!({"value": 2}));
+}
+
+#[tokio::test]
+async fn tls_links_refuse_wrong_ca_expired_and_stolen_certificates_and_a_wrong_secret() {
+    let nats = Nats::start().await;
+    let ca = TestCa::new();
+    let other_ca = TestCa::new();
+    let spec = |name: &str, tls: TlsFiles| {
+        let mut spec = NodeSpec::new("tls", name, "fr-par-1");
+        spec.tls = Some(tls);
+        spec
+    };
+    // node-1 logs everything it can: still no secret, no handshake digest.
+    let mut verbose = spec("node-1", ca.node("node-1", 30));
+    verbose.env = vec![("RUST_LOG".into(), "trace".into())];
+    let nodes = [
+        MeshNode::start(&nats, spec("node-0", ca.node("node-0", 30))),
+        MeshNode::start(&nats, verbose),
+    ];
+    let client = Client::connect(&nats, "tls").await;
+    client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+    ok(client
+        .call(Some("node-1"), "counter/t", json!({"add": 1}))
+        .await);
+    assert!(nodes[0].log_text().contains("link up peer=node-1"));
+
+    // Intruders sort before node-0, so they dial the mesh's nodes.
+    let mut wrong_ca = other_ca.node("a-wrong-ca", 30);
+    wrong_ca.ca = ca.dir.path().join("ca.crt");
+    let stolen = TlsFiles {
+        ca: ca.dir.path().join("ca.crt"),
+        cert: ca.dir.path().join("node-1.crt"),
+        key: ca.dir.path().join("node-1.key"),
+    };
+    let mut wrong_secret = spec("d-wrong-secret", ca.node("d-wrong-secret", 30));
+    wrong_secret.secret = "another-secret-0123456789".into();
+    let intruders = [
+        MeshNode::start(&nats, spec("a-wrong-ca", wrong_ca)),
+        MeshNode::start(&nats, spec("b-expired", ca.node("b-expired", -1))),
+        MeshNode::start(&nats, spec("c-stolen", stolen)),
+        MeshNode::start(&nats, wrong_secret),
+    ];
+
+    // Both sides say why.
+    // Every CA certs.sh makes has the same name: the wrong CA's signature
+    // is what fails.
+    logged(&nodes[0], "invalid peer certificate: BadSignature").await;
+    logged(&nodes[0], "invalid peer certificate: Expired").await;
+    logged(&nodes[0], "link refused: TLS handshake failed").await;
+    logged(&nodes[0], "certificate and node name disagree").await;
+    logged(&nodes[0], "claimed_sender=\"d-wrong-secret\"").await;
+    for intruder in &intruders[..2] {
+        logged(intruder, "cannot dial peer").await;
+    }
+    logged(
+        &intruders[2],
+        "link refused: the connection closed before authenticating",
+    )
+    .await;
+    logged(&intruders[3], "refused announcement: bad signature").await;
+
+    // The mesh is undisturbed: its two nodes are linked to each other only.
+    for node in ["node-0", "node-1"] {
+        let linked = client.linked_names(node).await.expect("node answers");
+        assert_eq!(linked, ["node-0", "node-1"], "{node}");
+        let members = client.members(node).await.unwrap();
+        assert!(!members.iter().any(|m| m.name == "d-wrong-secret"));
+    }
+    let reply = ok(client
+        .call(Some("node-0"), "counter/t", json!({"get": {}}))
+        .await);
+    assert_eq!(reply, json!({"value": 1}));
+    assert!(!nodes[0].log_text().contains("link lost peer=node-1"));
+    let log = nodes[1].log_text();
+    assert!(log.contains("TRACE"), "node-1 did not log at trace level");
+    for secret in ["test-secret-0123456789", "auth state", "ChallengeReply"] {
+        let line = log.lines().find(|l| l.contains(secret));
+        assert!(line.is_none(), "node-1 logged {secret:?}: {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_plaintext_peer_cannot_link_to_a_tls_node_and_insecure_is_warned_about() {
+    let nats = Nats::start().await;
+    let ca = TestCa::new();
+    let mut secure = NodeSpec::new("mixed", "node-0", "fr-par-1");
+    secure.tls = Some(ca.node("node-0", 30));
+    // "a-plain" sorts first, so it is the one that dials node-0.
+    let nodes = [
+        MeshNode::start(&nats, secure),
+        MeshNode::start(&nats, NodeSpec::new("mixed", "a-plain", "fr-par-1")),
+    ];
+    let client = Client::connect(&nats, "mixed").await;
+
+    logged(&nodes[0], "link refused: TLS handshake failed").await;
+    logged(
+        &nodes[1],
+        "link refused: the connection closed before authenticating",
+    )
+    .await;
+    logged(&nodes[1], "links are plaintext (insecure)").await;
+    assert!(!nodes[0].log_text().contains("links are plaintext"));
+
+    // Both see each other's announcements, yet neither is linked.
+    for node in ["node-0", "a-plain"] {
+        let what = format!("{node} to see both nodes");
+        wait_until(&what, Duration::from_secs(10), || async {
+            let members = client.members(node).await?;
+            (members.len() == 2).then_some(())
+        })
+        .await;
+        let linked = client.linked_names(node).await.expect("node answers");
+        assert_eq!(linked, [node], "{node}");
+    }
 }

@@ -245,6 +245,58 @@ pub struct NodeSpec {
     pub data_dir: Option<PathBuf>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Link TLS files; plaintext links (`--insecure`) when `None`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A node's link TLS files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A cluster CA made by `bootstrap/certs.sh`, in a temporary folder.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    /// A new CA.
+    pub fn new() -> TestCa {
+        let dir = tempfile::tempdir().expect("temp dir");
+        run_certs(&["ca", dir.path().to_str().unwrap()], &[]);
+        TestCa { dir }
+    }
+
+    /// A certificate for node `name`, valid for `days` (negative: expired).
+    pub fn node(&self, name: &str, days: i32) -> TlsFiles {
+        let dir = self.dir.path();
+        run_certs(
+            &["node", dir.to_str().unwrap(), name, "127.0.0.1"],
+            &[("MESH_CERT_DAYS", &days.to_string())],
+        );
+        TlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+}
+
+fn run_certs(args: &[&str], env: &[(&str, &str)]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bootstrap/certs.sh");
+    let out = Command::new(script)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("bootstrap/certs.sh runs");
+    assert!(
+        out.status.success(),
+        "certs.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl NodeSpec {
@@ -260,6 +312,7 @@ impl NodeSpec {
             extra: Vec::new(),
             data_dir: None,
             env: Vec::new(),
+            tls: None,
         }
     }
 
@@ -299,6 +352,16 @@ impl MeshNode {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MESH_")) {
             command.env_remove(key);
         }
+        match &spec.tls {
+            Some(tls) => command
+                .arg("--tls-ca")
+                .arg(&tls.ca)
+                .arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key),
+            None => command.arg("--insecure"),
+        };
         let child = spawn_child(
             command
                 .env("RUST_LOG", "info")

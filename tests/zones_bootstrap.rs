@@ -64,6 +64,14 @@ impl Bootstrap {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), "zones-bootstrap-test-secret\n").unwrap();
         std::fs::write(dir.path().join("topology.toml"), TOPOLOGY).unwrap();
+        // The links of the zones' nodes use TLS with this CA.
+        let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bootstrap/certs.sh");
+        let made = std::process::Command::new(certs)
+            .arg("ca")
+            .arg(dir.path().join("tls"))
+            .output()
+            .expect("certs.sh runs");
+        assert!(made.status.success(), "{made:?}");
         Bootstrap { dir }
     }
 
@@ -113,6 +121,8 @@ impl Bootstrap {
             .arg(self.path("secret"))
             .arg("--topology")
             .arg(self.path("topology.toml"))
+            .arg("--tls-dir")
+            .arg(self.path("tls"))
             .args(["--cluster", CLUSTER, "--nats-server", nats_server_bin()])
             .arg("--bin-dir")
             .arg(bin_dir())
@@ -759,6 +769,7 @@ fn run_plain(dir: &Path, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(python_bin())
         .arg(script_path())
         .args(["--secret-file", dir.join("secret").to_str().unwrap()])
+        .arg("--insecure")
         .args([
             "--bin-dir",
             bin_dir().to_str().unwrap(),

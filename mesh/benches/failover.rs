@@ -379,7 +379,8 @@ fn start_node(settings: &Settings, dir: &Path, name: &str, nats: &str) -> anyhow
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--secret-file")
-        .arg(&secret);
+        .arg(&secret)
+        .arg("--insecure");
     Process::spawn(&mut command, &dir.join("node.log"))
 }
 

@@ -1,8 +1,9 @@
 //! Node configuration: a TOML file, then `MESH_*` environment, then flags.
 //!
 //! Every value is checked before the node starts; a bad one stops it with
-//! one line naming the key and the value. Defaults make a node with no flags
-//! at all join a local development mesh.
+//! one line naming the key and the value. Defaults make a node join a
+//! local development mesh, except that links need TLS files or an explicit
+//! `--insecure`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -172,6 +173,20 @@ pub struct NodeArgs {
     /// (3 in a NATS cluster spanning zones) [default: 1].
     #[arg(long, env = "MESH_KV_REPLICAS", value_name = "N")]
     pub kv_replicas: Option<usize>,
+    /// Plaintext links, for a development mesh only: no TLS, a warning at
+    /// start.
+    #[arg(long, env = "MESH_INSECURE")]
+    pub insecure: bool,
+    /// The cluster CA certificate (PEM) that signs every node's
+    /// certificate.
+    #[arg(long, env = "MESH_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), naming the node (DNS:<name>).
+    #[arg(long, env = "MESH_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "MESH_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Agent kinds gateway calls may reach (comma separated) [default: all].
     #[arg(
         long,
@@ -235,6 +250,10 @@ struct FileConfig {
     workers: Option<usize>,
     exec_allow: Option<Vec<String>>,
     wire_versions: Option<String>,
+    insecure: Option<bool>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// A node's checked configuration.
@@ -299,6 +318,24 @@ pub struct Config {
     pub exec_allow: Vec<String>,
     /// The link frame versions this node speaks.
     pub wire_versions: crate::wire::VersionRange,
+    /// How links are protected.
+    pub links: LinkSecurity,
+}
+
+/// How links between nodes are protected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkSecurity {
+    /// Mutual TLS with the cluster CA, then the cluster secret handshake.
+    Tls {
+        /// The cluster CA certificate.
+        ca: PathBuf,
+        /// This node's certificate.
+        cert: PathBuf,
+        /// This node's private key.
+        key: PathBuf,
+    },
+    /// Plaintext with the cluster secret handshake only (`--insecure`).
+    Insecure,
 }
 
 /// The most worker agents one node hosts.
@@ -347,6 +384,7 @@ impl Config {
     pub fn development(name: &str) -> Result<Config, ConfigError> {
         let args = NodeArgs {
             name: Some(name.to_owned()),
+            insecure: true,
             ..NodeArgs::default()
         };
         Config::load(args, |_| None)
@@ -550,6 +588,14 @@ impl Config {
             ));
         }
 
+        // Checked last: every other mistake is reported first.
+        let links = link_security(
+            args.insecure || file.insecure.unwrap_or(false),
+            args.tls_ca.or(file.tls_ca),
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        )?;
+
         Ok(Config {
             cluster,
             name,
@@ -580,6 +626,7 @@ impl Config {
             workers,
             exec_allow,
             wire_versions,
+            links,
         })
     }
 }
@@ -661,6 +708,39 @@ fn parse_file(shown: &str, text: &str) -> Result<FileConfig, ConfigError> {
             None => ConfigError(format!("{shown}: {message}")),
         }
     })
+}
+
+/// Links use TLS when its three files are given, plaintext only when asked.
+fn link_security(
+    insecure: bool,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<LinkSecurity, ConfigError> {
+    match (insecure, ca, cert, key) {
+        (true, None, None, None) => Ok(LinkSecurity::Insecure),
+        (true, ..) => Err(ConfigError(
+            "insecure is set together with tls_ca/tls_cert/tls_key: choose one".into(),
+        )),
+        (false, Some(ca), Some(cert), Some(key)) => Ok(LinkSecurity::Tls { ca, cert, key }),
+        (false, None, None, None) => Err(ConfigError(
+            "links need TLS: set tls_ca, tls_cert and tls_key (bootstrap/certs.sh makes \
+             them), or insecure = true (--insecure) for a development mesh"
+                .into(),
+        )),
+        (false, ca, cert, _) => {
+            let missing = if ca.is_none() {
+                "tls_ca"
+            } else if cert.is_none() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
+            Err(ConfigError(format!(
+                "{missing} is missing: TLS links need tls_ca, tls_cert and tls_key"
+            )))
+        }
+    }
 }
 
 /// The 1-based line of the byte after `before`.

@@ -8,6 +8,7 @@
 //! - [`signing`]: the HMAC that proves an announcement is the cluster's;
 //! - [`membership`]: which nodes are alive, as this node sees it;
 //! - [`link`]: one authenticated cluster link per pair of nodes;
+//! - [`tls`]: mutual TLS of links with the cluster CA;
 //! - [`wire`]: the versioned frames links carry;
 //! - [`directory`]: where an agent lives (live here, or placed);
 //! - [`ownership`]: leases and single activation in NATS JetStream KV;
@@ -50,6 +51,7 @@ pub mod status;
 pub mod storage;
 pub mod subjects;
 pub mod supervision;
+pub mod tls;
 mod trace;
 pub mod wire;
 
@@ -105,11 +107,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// Log targets whose debug and trace events carry handshake digests or
+/// link payloads.
+pub const SECRET_BEARING_TARGETS: [&str; 3] = [
+    "ractor_cluster::node::node_session",
+    "ractor_cluster::net::session",
+    "ractor_cluster::node::client",
+];
+
 /// Installs the global `tracing` subscriber (binaries only): `RUST_LOG`
-/// selects what is logged, `info` when unset.
+/// selects what is logged, `info` when unset; [`SECRET_BEARING_TARGETS`]
+/// never log below info.
 pub fn install_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // ractor_cluster logs handshake states (challenge digests included) and
+    // whole link messages at debug level: never let them out, whatever
+    // RUST_LOG says.
+    for quiet in SECRET_BEARING_TARGETS {
+        filter = filter.add_directive(format!("{quiet}=info").parse().expect("a valid directive"));
+    }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -30,8 +30,10 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::config::LinkSecurity;
 use crate::membership::Change;
 use crate::node::Shared;
+use crate::tls::LinkTls;
 use crate::wire::{self, Frame, Hello, Incoming, VersionRange};
 
 /// The first redial delay; it doubles up to [`MAX_REDIAL_DELAY`].
@@ -47,8 +49,14 @@ const PINGS_PER_TIMEOUT: u32 = 4;
 const AUTH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Raw bytes of one frame, as cast to a peer's endpoint.
-#[derive(Debug)]
 pub struct LinkFrame(pub Vec<u8>);
+
+/// Only the size: a debug dump never shows what a link carries.
+impl std::fmt::Debug for LinkFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkFrame({} bytes)", self.0.len())
+    }
+}
 
 impl BytesConvertable for LinkFrame {
     fn into_bytes(self) -> Vec<u8> {
@@ -96,6 +104,7 @@ pub(crate) enum LinkEvent {
 pub(crate) struct SessionEvent {
     state: SessionState,
     at: Instant,
+    is_server: bool,
     session: ActorId,
     peer: Option<String>,
     address: String,
@@ -117,6 +126,7 @@ impl EventForwarder {
         let _ = self.0.send(LinkEvent::Session(SessionEvent {
             state,
             at: Instant::now(),
+            is_server: ses.is_server,
             session: ses.actor.get_id(),
             // ractor_cluster names a peer `<node>@<host>`; we want `<node>`.
             peer: ses
@@ -194,6 +204,10 @@ struct Dial {
 struct Manager {
     shared: Arc<Shared>,
     server: ActorRef<NodeServerMessage>,
+    /// Link TLS, unless links are plaintext.
+    tls: Option<LinkTls>,
+    /// Our TLS listener's task.
+    acceptor: Option<tokio::task::JoinHandle<()>>,
     sessions: HashMap<ActorId, SessionEvent>,
     dials: HashMap<String, Dial>,
     /// When each linked peer last answered (or the link came up).
@@ -210,19 +224,47 @@ pub(crate) async fn spawn(
     events: mpsc::UnboundedReceiver<LinkEvent>,
 ) -> anyhow::Result<(ActorRef<NodeServerMessage>, ActorRef<LinkFrame>)> {
     let config = &shared.config;
+    let tls = match &config.links {
+        LinkSecurity::Tls { ca, cert, key } => Some(LinkTls::load(ca, cert, key)?),
+        LinkSecurity::Insecure => None,
+    };
+    // With TLS, our own listener runs each handshake in its own task;
+    // ractor_cluster's (which would run them one at a time) only listens
+    // on a loopback port, behind the same TLS.
+    let (listener, port, ip, mode) = match &tls {
+        Some(tls) => (
+            Some(
+                tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot start the link listener on {}: {e}", config.listen)
+                    })?,
+            ),
+            0,
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            Some(ractor_cluster::IncomingEncryptionMode::Tls(tls.acceptor())),
+        ),
+        None => (None, config.listen.port(), config.listen.ip(), None),
+    };
     let server = NodeServer::new(
-        config.listen.port(),
+        port,
         config.secret.expose().to_owned(),
         config.name.clone(),
         config.advertise.ip().to_string(),
-        None,
+        mode,
         Some(NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(config.listen.ip())
+    .with_listen_addr(ip)
     .with_max_inbound_frame_size(wire::MAX_FRAME_BYTES as u64);
     let (server, _) = Actor::spawn(None, server, ())
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the link listener on {}: {e}", config.listen))?;
+    let acceptor = match (&tls, listener) {
+        (Some(tls), Some(listener)) => {
+            Some(tokio::spawn(tls.clone().serve(listener, server.clone())))
+        }
+        _ => None,
+    };
     server.cast(NodeServerMessage::SubscribeToEvents {
         id: "mesh-links".into(),
         subscription: Box::new(EventForwarder(shared.link_events.clone())),
@@ -234,6 +276,8 @@ pub(crate) async fn spawn(
     let manager = Manager {
         shared,
         server: server.clone(),
+        tls,
+        acceptor,
         sessions: HashMap::new(),
         dials: HashMap::new(),
         heard: HashMap::new(),
@@ -267,6 +311,9 @@ impl Manager {
                     self.ping_links();
                 }
             }
+        }
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.abort();
         }
         debug!("link manager stopped");
     }
@@ -328,6 +375,9 @@ impl Manager {
                 self.sessions.insert(event.session, event);
             }
             SessionState::Authenticated => {
+                if !self.identity_checked(&event) {
+                    return;
+                }
                 if let Some(known) = self.sessions.get_mut(&event.session) {
                     known.state = SessionState::Authenticated;
                     known.peer = event.peer;
@@ -335,6 +385,30 @@ impl Manager {
             }
             SessionState::Ready => self.session_ready(event),
             SessionState::Closed => self.session_closed(event),
+        }
+    }
+
+    /// With TLS, whether an accepted session's certificate names the node
+    /// its secret handshake claims to be; a session that fails is closed.
+    fn identity_checked(&self, event: &SessionEvent) -> bool {
+        let (Some(tls), true) = (&self.tls, event.is_server) else {
+            return true;
+        };
+        let peer = event.peer.as_deref().unwrap_or_default();
+        match tls.check_identity(&event.address, peer) {
+            Ok(()) => true,
+            Err(why) => {
+                warn!(
+                    address = %event.address,
+                    peer = %peer,
+                    reason = %why,
+                    "link refused: certificate and node name disagree"
+                );
+                if let Some(cell) = ractor::registry::where_is_pid(event.session) {
+                    cell.stop(Some("certificate mismatch".into()));
+                }
+                false
+            }
         }
     }
 
@@ -367,6 +441,9 @@ impl Manager {
     }
 
     fn session_closed(&mut self, event: SessionEvent) {
+        if let Some(tls) = &self.tls {
+            tls.forget(&event.address);
+        }
         let known = self.sessions.remove(&event.session);
         let authenticated = known
             .as_ref()
@@ -576,9 +653,16 @@ impl Manager {
             let server = self.server.clone();
             let peer = peer.clone();
             let attempt = dial.attempt;
+            let tls = self.tls.clone();
             tokio::spawn(async move {
                 debug!(peer = %peer, address = %address, attempt, "dialing");
-                if let Err(e) = ractor_cluster::client_connect(&server, address.as_str()).await {
+                let dialed = match &tls {
+                    Some(tls) => tls.dial(&server, &address, &peer).await,
+                    None => ractor_cluster::client_connect(&server, address.as_str())
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                if let Err(e) = dialed {
                     if attempt <= 3 || attempt % 20 == 0 {
                         warn!(
                             peer = %peer,

@@ -806,6 +806,12 @@ impl Node {
         if config.secret.is_development() {
             warn!("no cluster secret configured: using the development secret");
         }
+        if config.links == crate::config::LinkSecurity::Insecure {
+            warn!(
+                "links are plaintext (insecure): anyone on the network path can read \
+                 them; use TLS (tls_ca, tls_cert, tls_key) beyond a development machine"
+            );
+        }
 
         let store = Store::open(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot open the state store: {e}"))?;

@@ -403,6 +403,8 @@ async fn start_node(
         listen: Some(format!("127.0.0.1:{}", super::free_port()?)),
         data_dir: Some(dir.path().join("data")),
         passivate_after: Some(passivate_after.into()),
+        // Raw ractor_cluster, its peer in the comparison, is plaintext too.
+        insecure: true,
         ..mesh::NodeArgs::default()
     };
     let config = mesh::Config::load(args, |_| None)?;

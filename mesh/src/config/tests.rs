@@ -1,7 +1,14 @@
 use super::*;
 
+/// Loads `args` with plaintext links, as a development node would.
 fn load(args: NodeArgs) -> Result<Config, ConfigError> {
-    Config::load(args, |_| None)
+    Config::load(
+        NodeArgs {
+            insecure: true,
+            ..args
+        },
+        |_| None,
+    )
 }
 
 fn with_file(text: &str) -> (tempfile::TempDir, NodeArgs) {
@@ -168,6 +175,7 @@ fn the_secret_may_come_from_the_environment() {
     let config = Config::load(
         NodeArgs {
             name: Some("n".into()),
+            insecure: true,
             ..NodeArgs::default()
         },
         |key| (key == "MESH_SECRET").then(|| "from-env".to_owned()),
@@ -200,4 +208,43 @@ fn oversized_deep_and_non_ascii_files_get_one_line_errors() {
     // An error span inside a multi-byte character must not panic.
     let err = parse_file_text("utf8.toml", "cluster = \"é\"\né = ").unwrap_err();
     assert!(err.to_string().contains("utf8.toml"), "{err}");
+}
+
+#[test]
+fn links_need_tls_files_or_an_explicit_insecure() {
+    let named = |args: NodeArgs| NodeArgs {
+        name: Some("n".into()),
+        ..args
+    };
+    let err = Config::load(named(NodeArgs::default()), |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("links need TLS"), "{err}");
+    assert!(err.contains("--insecure"), "{err}");
+
+    let tls = || NodeArgs {
+        tls_ca: Some("/etc/mesh/tls/ca.crt".into()),
+        tls_cert: Some("/etc/mesh/tls/node.crt".into()),
+        tls_key: Some("/etc/mesh/tls/node.key".into()),
+        ..NodeArgs::default()
+    };
+    let config = Config::load(named(tls()), |_| None).unwrap();
+    assert!(matches!(config.links, LinkSecurity::Tls { .. }));
+
+    let err = Config::load(
+        named(NodeArgs {
+            tls_key: None,
+            ..tls()
+        }),
+        |_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tls_key is missing"), "{err}");
+    let err = load(named(tls())).unwrap_err().to_string();
+    assert!(err.contains("choose one"), "{err}");
+
+    let (_dir, args) = with_file("insecure = true\n");
+    let config = Config::load(named(args), |_| None).unwrap();
+    assert_eq!(config.links, LinkSecurity::Insecure);
 }
