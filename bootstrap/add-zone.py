@@ -2,7 +2,7 @@
 """Adds zones to an agent mesh: NATS server, nodes, systemd units.
 
   bootstrap/add-zone.py --zone nl-ams-2 --inventory ams2.toml \\
-      --cluster prod --secret-file secret --tls-dir mesh-ca \\
+      --cluster prod --secret-file secret --tls-dir mesh-ca --nats-auth nats-auth \\
       --routes nats-route://10.0.0.5:6222,nats-route://10.1.0.5:6222
 
 For every host of the inventory in the zone(s) given with --zone, it:
@@ -232,6 +232,9 @@ def parse_args(argv):
                             "as HOST.crt/HOST.key on first use")
     links.add_argument("--insecure", action="store_true",
                        help="plaintext links between nodes (a development mesh only)")
+    p.add_argument("--nats-auth", metavar="DIR",
+                   help="folder written by bootstrap/nats-auth.sh: its users and subject "
+                        "permissions go into every NATS config, and nodes log in as mesh-node")
     p.add_argument("--routes", action="append", default=[], metavar="URLS",
                    help="the existing NATS servers' routes, comma separated "
                         "(nats-route://10.0.0.5:6222); none for a new cluster")
@@ -322,6 +325,16 @@ class Run:
         #: The topology file's bytes (checked), or None.
         self.topology = topology
         self.sums = {}
+        self.nats_auth, self.nats_password = "", b""
+        if args.nats_auth:
+            try:
+                with open(os.path.join(args.nats_auth, "auth.conf"), encoding="utf-8") as f:
+                    self.nats_auth = f.read()
+                with open(os.path.join(args.nats_auth, "node.password"), "rb") as f:
+                    self.nats_password = f.read()
+            except OSError as e:
+                raise BadInput(f"--nats-auth {args.nats_auth}: {e} "
+                               "(bootstrap/nats-auth.sh CLUSTER DIR writes it)") from e
 
     def action(self, host, text):
         self.changes += 1
@@ -353,12 +366,14 @@ class Run:
             routes=self.args.routes, hosts=self.hosts, kv_replicas=self.args.kv_replicas,
             shutdown_timeout=self.args.shutdown_timeout, node_extra=self.node_extra,
             topology=self.topology is not None,
-            links="insecure" if self.args.insecure else "tls")
+            links="insecure" if self.args.insecure else "tls", nats_auth=self.nats_auth)
         files = [(layout.node_config, render.node_config(ctx, host, layout).encode(), 0o640),
                  (layout.secret, self.secret, 0o640),
                  (layout.node_unit, render.node_unit(ctx, host, layout).encode(), 0o644)]
         if self.topology is not None:
             files.append((layout.topology, self.topology, 0o640))
+        if self.nats_auth:
+            files.append((layout.nats_password, self.nats_password, 0o640))
         if not self.args.insecure:
             ca, cert, key = self.node_certificate(host)
             files += [(layout.tls_ca, ca, 0o644), (layout.tls_cert, cert, 0o644),
@@ -467,7 +482,8 @@ class Run:
         contents = {path: content for path, content, _ in files}
         node_parts = [contents[layout.node_config], contents[layout.secret],
                       contents[layout.node_unit], self.sum(self.binaries["mesh-node"]),
-                      contents.get(layout.topology, b""), contents.get(layout.tls_cert, b"")]
+                      contents.get(layout.topology, b""), contents.get(layout.tls_cert, b""),
+                      contents.get(layout.nats_password, b"")]
         stamps = {"node": self.stamp(*node_parts)}
         if host.nats:
             stamps["nats"] = self.stamp(contents[layout.nats_config], contents[layout.nats_unit],

@@ -20,7 +20,7 @@ NATS_LAME_DUCK = "30s"
 NODE_KEYS_SET_BY_SCRIPT = frozenset({
     "cluster", "name", "zone", "kind", "capabilities", "nats", "listen", "advertise",
     "data_dir", "secret_file", "kv_replicas", "metrics_listen", "topology",
-    "insecure", "tls_ca", "tls_cert", "tls_key"})
+    "insecure", "tls_ca", "tls_cert", "tls_key", "nats_user", "nats_password_file"})
 
 #: The ownership lease of nodes spread over zones (see node_config).
 ZONE_LEASE = "15s"
@@ -55,6 +55,8 @@ class Context:
     topology: bool = False
     #: Links: "tls" (certificates under /etc/mesh/tls) or "insecure".
     links: str = "tls"
+    #: The `authorization` block of bootstrap/nats-auth.sh, or "" (none).
+    nats_auth: str = ""
 
 
 class Layout:
@@ -67,6 +69,7 @@ class Layout:
         self.nats_config = root + "/etc/mesh/nats.conf"
         self.secret = root + "/etc/mesh/secret"
         self.topology = root + "/etc/mesh/topology.toml"
+        self.nats_password = root + "/etc/mesh/nats.password"
         self.tls_ca = root + "/etc/mesh/tls/ca.crt"
         self.tls_cert = root + "/etc/mesh/tls/node.crt"
         self.tls_key = root + "/etc/mesh/tls/node.key"
@@ -147,6 +150,8 @@ def node_config(ctx, host, layout):
     }
     if ctx.topology:
         keys["topology"] = layout.topology
+    if ctx.nats_auth:
+        keys.update(nats_user="mesh-node", nats_password_file=layout.nats_password)
     if ctx.links == "insecure":
         keys["insecure"] = True
     else:
@@ -187,6 +192,8 @@ def nats_config(ctx, host, layout):
         "  ]",
         "}",
     ]
+    if ctx.nats_auth:
+        lines.append(ctx.nats_auth.rstrip("\n"))
     return HEADER + "\n".join(lines) + "\n"
 
 

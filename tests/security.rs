@@ -374,3 +374,155 @@ async fn a_plaintext_peer_cannot_link_to_a_tls_node_and_insecure_is_warned_about
         assert_eq!(linked, [node], "{node}");
     }
 }
+
+/// Connects as `user` of a server made with `bootstrap/nats-auth.sh`;
+/// server errors (permission violations) go to the returned channel.
+async fn connect_as(
+    nats: &Nats,
+    user: &str,
+    password_file: &std::path::Path,
+) -> (
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let password = std::fs::read_to_string(password_file).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password)
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(nats.url())
+        .await
+        .expect("a user of auth.conf connects");
+    (client, rx)
+}
+
+/// Waits for a server error containing `needle`.
+async fn violation(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>, needle: &str) {
+    let wait = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(e) = errors.recv().await {
+            if e.contains(needle) {
+                return;
+            }
+        }
+        panic!("the connection closed before {needle:?}");
+    });
+    wait.await
+        .unwrap_or_else(|_| panic!("no permission violation for {needle:?}"));
+}
+
+#[tokio::test]
+async fn client_role_credentials_reach_the_gateway_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bootstrap/nats-auth.sh");
+    let out = std::process::Command::new(script)
+        .arg("perm")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let nats = Nats::start_with_config(&dir.path().join("auth.conf")).await;
+
+    let mut spec = NodeSpec::new("perm", "node-0", "fr-par-1");
+    spec.extra = vec![
+        "--nats-user".into(),
+        "mesh-node".into(),
+        "--nats-password-file".into(),
+    ];
+    spec.extra
+        .push(dir.path().join("node.password").to_str().unwrap().into());
+    let node = MeshNode::start(&nats, spec);
+    let (operator, _) = connect_as(&nats, "mesh-node", &dir.path().join("node.password")).await;
+    let operator = Client {
+        nats: operator,
+        cluster: "perm".into(),
+    };
+    operator.converged(&[&node]).await;
+
+    // Without credentials, nothing.
+    let anonymous = async_nats::ConnectOptions::new().connect(nats.url()).await;
+    assert!(anonymous.is_err(), "an anonymous client connected");
+
+    let (client, mut errors) =
+        connect_as(&nats, "mesh-client", &dir.path().join("client.password")).await;
+    // The gateway answers a client.
+    let request = json!({"agent": "counter/p", "msg": {"add": 3}}).to_string();
+    let reply = client
+        .request(subjects::node_gateway("perm", "node-0"), request.into())
+        .await
+        .expect("the gateway answers a client");
+    let reply: mesh::gateway::Response = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(ok(reply), json!({"value": 3}));
+
+    // Announcements, operator requests and the buckets are out of reach.
+    client
+        .publish(subjects::announce("perm"), "{}".into())
+        .await
+        .unwrap();
+    violation(
+        &mut errors,
+        "Permissions Violation for Publish to \"mesh.perm.announce\"",
+    )
+    .await;
+    client
+        .publish(subjects::admin("perm"), "{\"op\":\"members\"}".into())
+        .await
+        .unwrap();
+    violation(
+        &mut errors,
+        "Permissions Violation for Publish to \"mesh.perm.admin\"",
+    )
+    .await;
+    for subject in [
+        "mesh.perm.announce",
+        "$KV.mesh-perm-owners.>",
+        "mesh.perm.>",
+    ] {
+        let _sub = client.subscribe(subject).await.unwrap();
+        violation(&mut errors, &format!("Subscription to \"{subject}\"")).await;
+    }
+    // The forbidden announcement never reached the node.
+    assert!(!node.log_text().contains("refused announcement"));
+    let members = operator.members("node-0").await.unwrap();
+    assert_eq!(members.len(), 1);
+
+    // meshctl logs in with the node role; its output never shows the
+    // password, and without credentials it is turned away.
+    let password = std::fs::read_to_string(dir.path().join("node.password")).unwrap();
+    let meshctl = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .args(["--nats", &nats.url(), "--cluster", "perm"])
+            .args(args)
+            .env_remove("MESH_NATS_PASSWORD")
+            .output()
+            .unwrap()
+    };
+    let password_file = dir.path().join("node.password");
+    let with_auth = [
+        "--nats-user",
+        "mesh-node",
+        "--nats-password-file",
+        password_file.to_str().unwrap(),
+    ];
+    for command in ["members", "status"] {
+        let out = meshctl(&[&with_auth[..], &[command]].concat());
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "meshctl {command}: {text}");
+        assert!(text.contains("node-0"), "meshctl {command}: {text}");
+        assert!(
+            !text.contains(password.trim()),
+            "meshctl {command} showed the password"
+        );
+    }
+    let out = meshctl(&["members"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}

@@ -87,6 +87,8 @@ pub struct Nats {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// A configuration file the server reads (users, permissions).
+    config: Option<PathBuf>,
 }
 
 impl Nats {
@@ -94,14 +96,37 @@ impl Nats {
     pub async fn start() -> Nats {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = Self::spawn(dir.path(), port, 0).await;
-        Nats { child, port, dir }
+        let child = Self::spawn(dir.path(), port, 0, None).await;
+        Nats {
+            child,
+            port,
+            dir,
+            config: None,
+        }
     }
 
-    async fn spawn(dir: &Path, port: u16, generation: u32) -> Child {
+    /// Starts a server that also reads `config` (such as an
+    /// `authorization` block).
+    pub async fn start_with_config(config: &Path) -> Nats {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Self::spawn(dir.path(), port, 0, Some(config)).await;
+        Nats {
+            child,
+            port,
+            dir,
+            config: Some(config.to_owned()),
+        }
+    }
+
+    async fn spawn(dir: &Path, port: u16, generation: u32, config: Option<&Path>) -> Child {
         let log = dir.join(format!("nats-{generation}.log"));
+        let mut command = Command::new(nats_server_bin());
+        if let Some(config) = config {
+            command.arg("-c").arg(config);
+        }
         let child = spawn_child(
-            Command::new(nats_server_bin())
+            command
                 .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                 .arg(dir.join("js")),
             &log,
@@ -121,7 +146,8 @@ impl Nats {
 
     /// Starts the server again on the same port and data.
     pub async fn restart(&mut self, generation: u32) {
-        self.child = Self::spawn(self.dir.path(), self.port, generation).await;
+        let config = self.config.clone();
+        self.child = Self::spawn(self.dir.path(), self.port, generation, config.as_deref()).await;
     }
 
     /// The URL clients connect to.

@@ -69,6 +69,11 @@ impl Secret {
         &self.0
     }
 
+    /// A secret from text read elsewhere (NATS passwords, tokens, seeds).
+    pub(crate) fn from_text(text: &str) -> Secret {
+        Secret(text.to_owned())
+    }
+
     /// Whether this is the built-in development secret.
     pub fn is_development(&self) -> bool {
         self.0 == DEVELOPMENT_SECRET
@@ -173,6 +178,9 @@ pub struct NodeArgs {
     /// (3 in a NATS cluster spanning zones) [default: 1].
     #[arg(long, env = "MESH_KV_REPLICAS", value_name = "N")]
     pub kv_replicas: Option<usize>,
+    /// NATS credentials and TLS.
+    #[command(flatten)]
+    pub nats_auth: crate::nats_auth::NatsAuthArgs,
     /// Plaintext links, for a development mesh only: no TLS, a warning at
     /// start.
     #[arg(long, env = "MESH_INSECURE")]
@@ -251,6 +259,14 @@ struct FileConfig {
     exec_allow: Option<Vec<String>>,
     wire_versions: Option<String>,
     insecure: Option<bool>,
+    nats_user: Option<String>,
+    nats_password_file: Option<PathBuf>,
+    nats_token_file: Option<PathBuf>,
+    nats_nkey_file: Option<PathBuf>,
+    nats_creds: Option<PathBuf>,
+    nats_ca: Option<PathBuf>,
+    nats_cert: Option<PathBuf>,
+    nats_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -320,6 +336,8 @@ pub struct Config {
     pub wire_versions: crate::wire::VersionRange,
     /// How links are protected.
     pub links: LinkSecurity,
+    /// NATS credentials and TLS.
+    pub nats_auth: crate::nats_auth::NatsAuth,
 }
 
 /// How links between nodes are protected.
@@ -588,6 +606,19 @@ impl Config {
             ));
         }
 
+        let nats_auth = crate::nats_auth::NatsAuth::resolve(
+            args.nats_auth.or(crate::nats_auth::NatsAuthArgs {
+                nats_user: file.nats_user,
+                nats_password_file: file.nats_password_file,
+                nats_token_file: file.nats_token_file,
+                nats_nkey_file: file.nats_nkey_file,
+                nats_creds: file.nats_creds,
+                nats_ca: file.nats_ca,
+                nats_cert: file.nats_cert,
+                nats_key: file.nats_key,
+            }),
+            &env,
+        )?;
         // Checked last: every other mistake is reported first.
         let links = link_security(
             args.insecure || file.insecure.unwrap_or(false),
@@ -627,6 +658,7 @@ impl Config {
             exec_allow,
             wire_versions,
             links,
+            nats_auth,
         })
     }
 }
@@ -676,7 +708,7 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 /// Reads a small file, refusing one larger than `limit` bytes without
 /// reading it whole.
-fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
     use std::io::Read;
     let mut text = String::new();
     let read = std::fs::File::open(path)?

@@ -9,6 +9,7 @@
 //! - [`membership`]: which nodes are alive, as this node sees it;
 //! - [`link`]: one authenticated cluster link per pair of nodes;
 //! - [`tls`]: mutual TLS of links with the cluster CA;
+//! - [`nats_auth`]: credentials and TLS towards NATS;
 //! - [`wire`]: the versioned frames links carry;
 //! - [`directory`]: where an agent lives (live here, or placed);
 //! - [`ownership`]: leases and single activation in NATS JetStream KV;
@@ -39,6 +40,7 @@ pub mod health;
 pub mod link;
 pub mod membership;
 pub mod metrics;
+pub mod nats_auth;
 pub mod node;
 pub mod ownership;
 mod placement;
@@ -73,8 +75,9 @@ pub const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub async fn connect_nats(
     urls: &[String],
     client_name: &str,
+    auth: &nats_auth::NatsAuth,
 ) -> anyhow::Result<async_nats::Client> {
-    connect_nats_with(urls, client_name, |options| options).await
+    connect_nats_with(urls, client_name, auth, |options| options).await
 }
 
 /// [`connect_nats`], with `tune` adjusting the connection options (such as
@@ -82,6 +85,7 @@ pub async fn connect_nats(
 pub async fn connect_nats_with(
     urls: &[String],
     client_name: &str,
+    auth: &nats_auth::NatsAuth,
     tune: impl FnOnce(async_nats::ConnectOptions) -> async_nats::ConnectOptions,
 ) -> anyhow::Result<async_nats::Client> {
     let addrs = urls
@@ -89,7 +93,9 @@ pub async fn connect_nats_with(
         .map(|u| u.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("invalid NATS URL: {e}"))?;
-    let options = async_nats::ConnectOptions::new()
+    let options = auth
+        .options()
+        .await?
         .name(client_name)
         .connection_timeout(NATS_CONNECT_TIMEOUT);
     tune(options)

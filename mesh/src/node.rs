@@ -820,10 +820,11 @@ impl Node {
         let stats = Stats::default();
         let client_name = format!("mesh-node {}", config.name);
         let reconnects = count_reconnects(stats.nats_reconnects.clone());
-        let nats = crate::connect_nats_with(&config.nats, &client_name, |options| {
-            options.event_callback(reconnects)
-        })
-        .await?;
+        let nats =
+            crate::connect_nats_with(&config.nats, &client_name, &config.nats_auth, |options| {
+                options.event_callback(reconnects)
+            })
+            .await?;
         let bucket =
             match crate::state::open_bucket(&nats, &config.cluster, config.kv_replicas).await {
                 Ok(bucket) => Some(bucket),

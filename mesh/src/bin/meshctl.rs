@@ -30,6 +30,9 @@ struct Cli {
         default_value = mesh::config::DEFAULT_NATS
     )]
     nats: Vec<String>,
+    /// NATS credentials and TLS.
+    #[command(flatten)]
+    nats_auth: mesh::nats_auth::NatsAuthArgs,
     /// The cluster to talk to.
     #[arg(long, env = "MESH_CLUSTER", default_value = mesh::config::DEFAULT_CLUSTER)]
     cluster: String,
@@ -229,11 +232,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         _ => None,
     };
-    let client = mesh::connect_nats(&cli.nats, "meshctl")
+    let auth = mesh::nats_auth::NatsAuth::resolve(cli.nats_auth.clone(), |k| std::env::var(k).ok())
+        .map_err(|e| Failure(2, e.to_string()))?;
+    let client = mesh::connect_nats(&cli.nats, "meshctl", &auth)
         .await
         .map_err(|e| Failure(3, format!("{e:#}")))?;
     let ctl = Ctl {
         client,
+        auth,
         cluster: cli.cluster.clone(),
         // The mesh's own deadline answers first; this one covers a lost node.
         wait: cli.timeout + Duration::from_secs(1),
@@ -288,6 +294,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(500);
 
 struct Ctl {
     client: async_nats::Client,
+    /// NATS credentials, for probes that open their own connection.
+    auth: mesh::nats_auth::NatsAuth,
     cluster: String,
     wait: Duration,
 }

@@ -80,7 +80,10 @@ impl Ctl {
         let probes = urls.iter().map(|url| async move {
             let probe = async {
                 let addr = url.parse::<async_nats::ServerAddr>()?;
-                let client = async_nats::ConnectOptions::new()
+                let client = self
+                    .auth
+                    .options()
+                    .await?
                     .name("meshctl probe")
                     .connection_timeout(NATS_PROBE)
                     .connect(addr)
