@@ -208,7 +208,8 @@ async fn peers_without_a_common_version_are_refused_on_both_sides() {
         let what = format!("{node} to link with both");
         let members = wait_until(&what, Duration::from_secs(20), || async {
             let members = client.members(node).await?;
-            let linked = member(&members, "both").linked;
+            // (not a member yet, or not linked yet: wait)
+            let linked = members.iter().any(|m| m.name == "both" && m.linked);
             linked.then_some(members)
         })
         .await;
@@ -219,8 +220,15 @@ async fn peers_without_a_common_version_are_refused_on_both_sides() {
             1
         );
     }
-    let members = client.members("both").await.unwrap();
-    assert!(members.iter().all(|m| m.linked), "{members:?}");
+    let members = wait_until(
+        "both to link with both",
+        Duration::from_secs(20),
+        || async {
+            let members = client.members("both").await?;
+            (members.len() == 3 && members.iter().all(|m| m.linked)).then_some(members)
+        },
+    )
+    .await;
     assert_eq!(
         member(&members, "only-2").wire,
         "2",
