@@ -133,6 +133,28 @@ async fn an_agent_calls_an_agent_on_another_node_over_a_link() {
 }
 
 #[tokio::test]
+async fn casts_batched_on_a_link_all_arrive_before_the_call_that_follows() {
+    let nats = Nats::start().await;
+    let (nodes, client) = mesh(&nats, "batch", 2).await;
+    let (a, b) = (nodes[0].name(), nodes[1].name());
+    let relay = name_placed_on(&client, a, a, "relay").await;
+    let counter = name_placed_on(&client, a, b, "counter").await;
+
+    // The relay on a casts to the counter on b, back to back, so the casts
+    // share batches; its call must come after every one of them.
+    let mut total = 0;
+    for round in 1..=3 {
+        let before: Vec<_> = (1..=2000).map(|i| json!({"add": i * round})).collect();
+        total += (1..=2000).map(|i| i * round).sum::<i64>();
+        let message = json!({"to": counter, "msg": {"get": {}}, "before": before});
+        let reply = ok(client.call(Some(a), &relay, message).await);
+        assert_eq!(reply["relay_node"], a);
+        assert_eq!(reply["reply"], json!({"value": total}), "round {round}");
+    }
+    assert!(client.agents(b).await.contains(&counter));
+}
+
+#[tokio::test]
 async fn a_stopped_node_leaves_every_view_within_one_second() {
     let nats = Nats::start().await;
     let (mut nodes, client) = mesh(&nats, "bye", 3).await;

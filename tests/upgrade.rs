@@ -68,7 +68,7 @@ async fn old_and_new_nodes_call_each_other_and_hand_agents_back_and_forth() {
     // Each side negotiated version 1, and `members` shows both releases.
     let members = client.members("new-0").await.expect("new-0 answers");
     assert_eq!(member(&members, "old-0").wire, "1");
-    assert_eq!(member(&members, "new-0").wire, "1-2");
+    assert_eq!(member(&members, "new-0").wire, "1-3");
     assert_eq!(member(&members, "new-0").state_versions["counter"], 1);
     let link_up = |log: String| {
         log.lines()

@@ -52,6 +52,10 @@ const ARGS_VAR: &str = "MESH_BENCH_ARGS";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The cluster of the mesh nodes.
 const CLUSTER: &str = "bench";
+/// The frame versions of the mesh measured without batches.
+const UNBATCHED_WIRE: &str = "1-2";
+/// That mesh's name in the report.
+pub(crate) const UNBATCHED: &str = "mesh, unbatched (frames 1-2)";
 /// The Erlang cookie of the two `erl` nodes.
 const ERL_COOKIE: &str = "meshbench";
 
@@ -476,13 +480,22 @@ fn orchestrate() -> anyhow::Result<()> {
     let mut drivers: Vec<Option<Process>> = Vec::new();
     let mut servers: Vec<Process> = Vec::new();
     // The mesh.
-    let mut server = Process::role("mesh-server", &[&url, CLUSTER], logs)?;
+    let mut server = Process::role("mesh-server", &[&url, CLUSTER, roles::ALL_VERSIONS], logs)?;
     server.ready()?;
-    let mut driver = Process::role("mesh-driver", &[&url, CLUSTER], logs)?;
+    let mut driver = Process::role("mesh-driver", &[&url, CLUSTER, roles::ALL_VERSIONS], logs)?;
     driver.ready()?;
     servers.push(server);
     drivers.push(Some(driver));
     systems.push(System::new("mesh"));
+    // The mesh with frame versions 1-2 only: no batches, as before them.
+    let cluster = format!("{CLUSTER}-v2");
+    let mut server = Process::role("mesh-server", &[&url, &cluster, UNBATCHED_WIRE], logs)?;
+    server.ready()?;
+    let mut driver = Process::role("mesh-driver", &[&url, &cluster, UNBATCHED_WIRE], logs)?;
+    driver.ready()?;
+    servers.push(server);
+    drivers.push(Some(driver));
+    systems.push(System::new(UNBATCHED));
     // Raw ractor_cluster.
     let port = free_port()?;
     let mut server = Process::role("ractor-server", &[&port.to_string()], logs)?;

@@ -18,9 +18,20 @@
 //! The invariant: a link is in the table only between the peer's hello and
 //! the session's end, so a frame sent on it reaches that incarnation or
 //! fails the caller.
+//!
+//! Batching: on a link of version [`wire::BATCH_VERSION`] or later, casts
+//! wait in the link's [`Outbox`] for a flush task, which sends whatever
+//! has queued by then as one [`Frame::Batch`]; any other frame (a call, a
+//! reply, a ping) flushes the queue at once, itself last, so frames keep
+//! their order on the link and only one-way messages ever wait, for no
+//! longer than the runtime takes to run the flush task. A link that goes
+//! down flushes its queue first, so a cast queued before is sent to the
+//! peer as it would have been unbatched (and is lost with the session only
+//! if the session is already gone, as an unbatched one would be).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef};
@@ -77,6 +88,96 @@ pub(crate) struct Link {
     pub(crate) version: u16,
     /// The peer's incarnation, from its hello.
     pub(crate) incarnation: u64,
+    /// Casts waiting to be sent together.
+    pub(crate) outbox: Arc<Outbox>,
+}
+
+/// The most frames one batch carries.
+const MAX_BATCH_FRAMES: usize = 512;
+/// A batch is sent once its frames reach this many bytes; a frame that
+/// would take a batch past it goes after the batch, so a batch is never
+/// larger than this plus one frame.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Frames queued for one link, each encoded as if sent alone.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    queue: Mutex<Queue>,
+    /// Whether a flush task is on its way.
+    scheduled: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Link {
+    /// Sends `frame`, encoded; a cast (`batch`) may wait for others to
+    /// share a batch with (see the module's documentation).
+    pub(crate) fn send(&self, frame: Vec<u8>, batch: bool) -> Result<(), String> {
+        if self.version < wire::BATCH_VERSION {
+            return self.cast(frame);
+        }
+        let mut queue = self.outbox.queue.lock().expect("outbox lock");
+        if !queue.frames.is_empty() && queue.bytes + frame.len() > MAX_BATCH_BYTES {
+            self.flush(&mut queue)?;
+        }
+        queue.bytes += frame.len();
+        queue.frames.push(frame);
+        let full = queue.frames.len() >= MAX_BATCH_FRAMES || queue.bytes >= MAX_BATCH_BYTES;
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if batch && !full => runtime,
+            _ => return self.flush(&mut queue),
+        };
+        drop(queue);
+        if !self.outbox.scheduled.swap(true, Ordering::AcqRel) {
+            let link = self.clone();
+            runtime.spawn(async move {
+                // Cleared first: a cast queued from here on schedules
+                // another flush, and one queued before is sent by this one.
+                link.outbox.scheduled.store(false, Ordering::Release);
+                if let Err(e) = link.flush_now() {
+                    debug!(error = %e, "queued casts were not sent");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends every queued frame now.
+    pub(crate) fn flush_now(&self) -> Result<(), String> {
+        let mut queue = self.outbox.queue.lock().expect("outbox lock");
+        self.flush(&mut queue)
+    }
+
+    /// Sends every queued frame, as one batch if there are several. Runs
+    /// with the queue locked, so that frames leave in queue order.
+    fn flush(&self, queue: &mut Queue) -> Result<(), String> {
+        queue.bytes = 0;
+        let bytes = match queue.frames.len() {
+            0 => return Ok(()),
+            1 => queue.frames.pop().expect("one frame"),
+            _ => wire::encode_batch(self.version, std::mem::take(&mut queue.frames))
+                .map_err(|e| e.to_string())?,
+        };
+        self.cast(bytes)
+    }
+
+    fn cast(&self, bytes: Vec<u8>) -> Result<(), String> {
+        self.endpoint
+            .cast(LinkFrame(bytes))
+            .map_err(|_| "the link is closing".to_owned())
+    }
+}
+
+/// Sends what a link leaving the table still has queued, to the session
+/// it was queued for.
+pub(crate) fn flush_dropped(peer: &str, link: &Link) {
+    if let Err(e) = link.flush_now() {
+        debug!(peer = %peer, error = %e, "casts queued on a closed link were lost");
+    }
 }
 
 /// The process group of a node's endpoint.
@@ -183,6 +284,20 @@ impl Actor for Endpoint {
         match wire::decode(&frame.0) {
             Ok(Incoming::Hello(hello)) => {
                 let _ = shared.link_events.send(LinkEvent::Hello(hello));
+            }
+            Ok(Incoming::Frame(Frame::Batch(frames))) => {
+                // The link message is counted above; count its frames.
+                shared
+                    .stats
+                    .frames_in
+                    .inc_by(frames.len().saturating_sub(1) as u64);
+                for frame in wire::unbatch(frames) {
+                    match frame {
+                        Ok(frame) => shared.receive(frame),
+                        // Like a bad frame alone: the others still count.
+                        Err(e) => warn!(error = %e, "dropped a bad frame of a batch"),
+                    }
+                }
             }
             Ok(Incoming::Frame(frame)) => shared.receive(frame),
             // A bad frame is the sender's bug or an attack; dropping it
@@ -509,17 +624,29 @@ impl Manager {
             warn!(peer = %hello.node, "hello from a peer whose endpoint is not known");
             return;
         };
+        let mut links = self.shared.links.write().expect("link table lock");
+        // A repeated hello on the same session keeps the queue, so casts
+        // already in it are not overtaken by later frames.
+        let outbox = links
+            .get(&hello.node)
+            .filter(|old| {
+                old.endpoint.get_id() == endpoint.get_id()
+                    && old.version == version
+                    && old.incarnation == hello.incarnation
+            })
+            .map(|old| old.outbox.clone())
+            .unwrap_or_default();
         let link = Link {
             endpoint,
             version,
             incarnation: hello.incarnation,
+            outbox,
         };
-        let replaced = self
-            .shared
-            .links
-            .write()
-            .expect("link table lock")
-            .insert(hello.node.clone(), link);
+        let replaced = links.insert(hello.node.clone(), link);
+        drop(links);
+        if let Some(old) = &replaced {
+            flush_dropped(&hello.node, old);
+        }
         self.dials.remove(&hello.node);
         self.heard.insert(hello.node.clone(), Instant::now());
         if replaced.is_none() {
@@ -589,7 +716,8 @@ impl Manager {
             .write()
             .expect("link table lock")
             .remove(peer);
-        if removed.is_some() {
+        if let Some(link) = &removed {
+            flush_dropped(peer, link);
             self.shared.stats.links_up.dec();
             info!(peer = %peer, reason = why, "link lost");
         }

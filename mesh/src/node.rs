@@ -439,23 +439,23 @@ impl Shared {
 
     /// Sends a frame to `node` over its link.
     pub(crate) fn send_frame(&self, node: &str, frame: &Frame) -> Result<(), String> {
-        let (endpoint, version) = {
-            let links = self.links.read().expect("link table lock");
-            let link = links
-                .get(node)
-                .ok_or_else(|| format!("no link to node {node}"))?;
-            (link.endpoint.clone(), link.version)
-        };
-        let bytes = wire::encode(version, frame).map_err(|e| e.to_string())?;
+        let link = self
+            .links
+            .read()
+            .expect("link table lock")
+            .get(node)
+            .cloned()
+            .ok_or_else(|| format!("no link to node {node}"))?;
+        let bytes = wire::encode(link.version, frame).map_err(|e| e.to_string())?;
         if bytes.len() > wire::MAX_FRAME_BYTES {
             return Err(format!(
                 "frame of {} bytes is over the link limit",
                 bytes.len()
             ));
         }
-        endpoint
-            .cast(LinkFrame(bytes))
-            .map_err(|_| format!("link to node {node} is closing"))?;
+        let batch = matches!(frame, Frame::Cast { .. } | Frame::TracedCast { .. });
+        link.send(bytes, batch)
+            .map_err(|e| format!("link to node {node}: {e}"))?;
         self.stats.frames_out.inc();
         Ok(())
     }
@@ -511,6 +511,8 @@ impl Shared {
             Frame::Pong { from, .. } => {
                 let _ = self.link_events.send(LinkEvent::Pong(from));
             }
+            // The endpoint opens batches; one inside a batch is refused.
+            Frame::Batch(_) => warn!("dropped a batch frame outside a link message"),
         }
     }
 
@@ -1004,6 +1006,13 @@ impl Node {
             crate::roster::write(roster, &self.shared, true).await;
         }
         self.supervisor.stop(None);
+        let links: Vec<(String, Link)> = {
+            let links = self.shared.links.read().expect("link table lock");
+            links.iter().map(|(p, l)| (p.clone(), l.clone())).collect()
+        };
+        for (peer, link) in &links {
+            link::flush_dropped(peer, link);
+        }
         let _ = self.shared.link_events.send(LinkEvent::Shutdown);
         self.endpoint.stop(None);
         self.server.stop(None);

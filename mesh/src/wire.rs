@@ -19,6 +19,7 @@
 //! | --- | --- |
 //! | 1 | `Call`, `Cast`, `Reply`, `Ping`, `Pong` |
 //! | 2 | `TracedCast`: a cast that keeps its trace id |
+//! | 3 | `Batch`: several frames in one link message |
 //!
 //! A release speaks a range of versions; the compatibility promise (see the
 //! README, "Upgrading") is that each release still speaks the newest version
@@ -31,7 +32,9 @@ use serde::{Deserialize, Serialize};
 /// The oldest frame format this build reads and writes.
 pub const MIN_WIRE_VERSION: u16 = 1;
 /// The newest frame format this build reads and writes.
-pub const MAX_WIRE_VERSION: u16 = 2;
+pub const MAX_WIRE_VERSION: u16 = 3;
+/// The first version with [`Frame::Batch`].
+pub const BATCH_VERSION: u16 = 3;
 /// The largest frame `ractor_cluster` accepts; a larger one ends the link.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// The version slot of the [`Hello`] frame.
@@ -119,6 +122,10 @@ pub enum Frame {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// Since version 3: frames sent together, to be handled in order, each
+    /// encoded as it would be sent alone (version prefix included); never
+    /// a hello or another batch. Only sent on links of version 3 or later.
+    Batch(Vec<serde_bytes::ByteBuf>),
 }
 
 impl Frame {
@@ -131,6 +138,7 @@ impl Frame {
             | Frame::Ping { .. }
             | Frame::Pong { .. } => 1,
             Frame::TracedCast { .. } => 2,
+            Frame::Batch(_) => BATCH_VERSION,
         }
     }
 
@@ -196,6 +204,9 @@ pub enum WireError {
         /// The version that introduced its variant.
         since: u16,
     },
+    /// A batch holding what it may not: a hello or another batch.
+    #[error("a batch frame holds {0}")]
+    BadBatch(&'static str),
 }
 
 /// What arrives on a link: a hello or a versioned frame.
@@ -224,6 +235,29 @@ pub fn encode_hello(hello: &Hello) -> Vec<u8> {
 pub fn encode(version: u16, frame: &Frame) -> Result<Vec<u8>, codec::CodecError> {
     debug_assert!((MIN_WIRE_VERSION..=MAX_WIRE_VERSION).contains(&version));
     with_version(version, frame.for_version(version).as_ref())
+}
+
+/// Puts frames made by [`encode`] into one batch frame of `version`, which
+/// must be at least [`BATCH_VERSION`].
+pub fn encode_batch(version: u16, frames: Vec<Vec<u8>>) -> Result<Vec<u8>, codec::CodecError> {
+    debug_assert!(version >= BATCH_VERSION);
+    let bytes: usize = frames.iter().map(|f| f.len() + 5).sum();
+    let batch = Frame::Batch(frames.into_iter().map(serde_bytes::ByteBuf::from).collect());
+    let mut out = Vec::with_capacity(bytes + 8);
+    out.extend_from_slice(&version.to_le_bytes());
+    codec::encode_into(&batch, &mut out)?;
+    Ok(out)
+}
+
+/// The frames of a batch, in order.
+pub fn unbatch(
+    frames: Vec<serde_bytes::ByteBuf>,
+) -> impl Iterator<Item = Result<Frame, WireError>> {
+    frames.into_iter().map(|bytes| match decode(&bytes)? {
+        Incoming::Frame(Frame::Batch(_)) => Err(WireError::BadBatch("another batch")),
+        Incoming::Hello(_) => Err(WireError::BadBatch("a hello")),
+        Incoming::Frame(frame) => Ok(frame),
+    })
 }
 
 /// Decodes what arrived on a link.
@@ -369,11 +403,11 @@ mod tests {
     #[test]
     fn version_ranges_parse_within_the_build_only() {
         assert_eq!("1".parse(), Ok(VersionRange { min: 1, max: 1 }));
-        assert_eq!("1-2".parse(), Ok(VersionRange::BUILD));
+        assert_eq!("1-3".parse(), Ok(VersionRange::BUILD));
         for bad in ["0", "2-1", "1-9", "x", "1-", ""] {
             assert!(bad.parse::<VersionRange>().is_err(), "{bad}");
         }
-        assert_eq!(VersionRange::BUILD.to_string(), "1-2");
+        assert_eq!(VersionRange::BUILD.to_string(), "1-3");
     }
 
     fn hex(bytes: &[u8]) -> String {
@@ -471,7 +505,83 @@ mod tests {
                 v2,
                 "{frame:?} in version 2"
             );
+            // Version 3 only appends `Batch`: the others keep version 2's.
+            assert_eq!(
+                hex(&encode(3, &frame).unwrap()),
+                format!("0300{}", &v2[4..]),
+                "{frame:?} in version 3"
+            );
         }
+    }
+
+    #[test]
+    fn a_batch_keeps_its_layout() {
+        let cast = Frame::Cast {
+            to: "echo/e".parse().unwrap(),
+            payload: vec![42],
+        };
+        let bytes = encode_batch(3, vec![encode(3, &cast).unwrap(), vec![3, 0]]).unwrap();
+        assert_eq!(hex(&bytes), "030006020c030001046563686f0165012a020300");
+    }
+
+    #[test]
+    fn a_batch_carries_frames_in_order_and_never_nests() {
+        let frames = vec![
+            Frame::Cast {
+                to: "echo/e".parse().unwrap(),
+                payload: vec![1],
+            },
+            traced_cast(),
+            Frame::Reply {
+                id: 3,
+                result: Ok(vec![2, 3]),
+            },
+        ];
+        let alone = frames.iter().map(|f| encode(3, f).unwrap()).collect();
+        let bytes = encode_batch(BATCH_VERSION, alone).unwrap();
+        assert_eq!(&bytes[..2], &BATCH_VERSION.to_le_bytes());
+        let Incoming::Frame(Frame::Batch(bodies)) = decode(&bytes).unwrap() else {
+            panic!("not a batch");
+        };
+        let back: Vec<Frame> = unbatch(bodies).map(Result::unwrap).collect();
+        assert_eq!(back, frames);
+
+        let inner = encode(BATCH_VERSION, &Frame::Batch(Vec::new())).unwrap();
+        let hello = encode_hello(&Hello {
+            node: "b".into(),
+            incarnation: 1,
+            min_version: 1,
+            max_version: 3,
+            software: "x".into(),
+        });
+        let nested = encode_batch(BATCH_VERSION, vec![inner, hello, vec![1]]).unwrap();
+        let Incoming::Frame(Frame::Batch(bodies)) = decode(&nested).unwrap() else {
+            panic!("not a batch");
+        };
+        let refused: Vec<_> = unbatch(bodies).collect();
+        assert_eq!(
+            refused,
+            vec![
+                Err(WireError::BadBatch("another batch")),
+                Err(WireError::BadBatch("a hello")),
+                Err(WireError::Short(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_in_a_version_2_frame_is_refused() {
+        let mut bytes = encode_batch(3, Vec::new()).unwrap();
+        bytes[..2].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::Variant {
+                version: 2,
+                since: 3
+            })
+        );
+        let older = VersionRange { min: 1, max: 2 };
+        assert!(VersionRange::BUILD.negotiate(older).unwrap() < BATCH_VERSION);
     }
 
     #[test]

@@ -27,6 +27,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many activations the local runs keep in flight.
 const IN_FLIGHT: usize = 256;
+/// The `wire` argument of a node that speaks every frame version.
+pub(crate) const ALL_VERSIONS: &str = "all";
 /// The cookie of the raw `ractor_cluster` pair.
 const COOKIE: &str = "bench-cookie";
 
@@ -50,8 +52,8 @@ pub(crate) fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
         match role {
             "ractor-server" => ractor_server(number(0)? as u16).await,
             "ractor-driver" => ractor_driver(arg(0)?).await,
-            "mesh-server" => mesh_server(arg(0)?, arg(1)?).await,
-            "mesh-driver" => mesh_driver(arg(0)?, arg(1)?).await,
+            "mesh-server" => mesh_server(arg(0)?, arg(1)?, arg(2)?).await,
+            "mesh-driver" => mesh_driver(arg(0)?, arg(1)?, arg(2)?).await,
             "nats-server" => nats_server(arg(0)?).await,
             "nats-driver" => nats_driver(arg(0)?).await,
             "local-ractor" => local_ractor(number(0)?).await,
@@ -388,12 +390,14 @@ impl Agent for DurableBenchAgent {
     }
 }
 
-/// Starts a mesh node named `name` in this process, with the bench kinds.
+/// Starts a mesh node named `name` in this process, with the bench kinds,
+/// speaking the frame versions `wire` (such as `1-2`, or `all`).
 async fn start_node(
     nats: &str,
     cluster: &str,
     name: &str,
     passivate_after: &str,
+    wire: &str,
 ) -> anyhow::Result<(mesh::Node, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let args = mesh::NodeArgs {
@@ -405,6 +409,7 @@ async fn start_node(
         passivate_after: Some(passivate_after.into()),
         // Raw ractor_cluster, its peer in the comparison, is plaintext too.
         insecure: true,
+        wire_versions: (wire != ALL_VERSIONS).then(|| wire.to_owned()),
         ..mesh::NodeArgs::default()
     };
     let config = mesh::Config::load(args, |_| None)?;
@@ -426,8 +431,8 @@ async fn ask(
     Ok(codec::decode(&bytes)?)
 }
 
-async fn mesh_server(nats: &str, cluster: &str) -> anyhow::Result<()> {
-    let (node, _dir) = start_node(nats, cluster, "server", "off").await?;
+async fn mesh_server(nats: &str, cluster: &str, wire: &str) -> anyhow::Result<()> {
+    let (node, _dir) = start_node(nats, cluster, "server", "off", wire).await?;
     say("ready");
     until_stdin_closes().await;
     node.shutdown().await;
@@ -458,8 +463,8 @@ async fn agent_on(
     }
 }
 
-async fn mesh_driver(nats: &str, cluster: &str) -> anyhow::Result<()> {
-    let (node, _dir) = start_node(nats, cluster, "driver", "off").await?;
+async fn mesh_driver(nats: &str, cluster: &str, wire: &str) -> anyhow::Result<()> {
+    let (node, _dir) = start_node(nats, cluster, "driver", "off", wire).await?;
     let caller = node.caller();
     let (echo, next) = agent_on(&caller, "server", 0).await?;
     let (sink, _) = agent_on(&caller, "server", next).await?;
@@ -632,7 +637,7 @@ async fn activate_many(caller: &Arc<dyn Caller>, kind: &str, n: usize) -> anyhow
 }
 
 async fn local_mesh(nats: &str, cluster: &str, n: usize) -> anyhow::Result<()> {
-    let (node, _dir) = start_node(nats, cluster, "local", "off").await?;
+    let (node, _dir) = start_node(nats, cluster, "local", "off", ALL_VERSIONS).await?;
     let caller = node.caller();
     // One agent first, so that one-time costs are not counted per agent.
     activate_many(&caller, "bench", 1).await?;
@@ -656,7 +661,7 @@ async fn local_mesh(nats: &str, cluster: &str, n: usize) -> anyhow::Result<()> {
 /// Activates `n` durable agents, waits until every one is passivated, and
 /// reports the heap they held live and what is left of them.
 async fn passivate_mesh(nats: &str, cluster: &str, n: usize) -> anyhow::Result<()> {
-    let (node, _dir) = start_node(nats, cluster, "passive", "2s").await?;
+    let (node, _dir) = start_node(nats, cluster, "passive", "2s", ALL_VERSIONS).await?;
     let caller = node.caller();
     activate_many(&caller, "bench", 1).await?;
     settle().await;

@@ -137,7 +137,7 @@ fn bad_values_are_refused_naming_key_and_value() {
                 wire_versions: Some("1-9".into()),
                 ..NodeArgs::default()
             },
-            "invalid value \"1-9\" for wire_versions: this build speaks frame versions 1-2",
+            "invalid value \"1-9\" for wire_versions: this build speaks frame versions 1-3",
         ),
         (
             NodeArgs {
