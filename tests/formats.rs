@@ -406,6 +406,30 @@ fn frames_of_every_version_keep_their_bytes() {
             );
         }
     }
+
+    // A batch (version 3 on) of frames, each as it is sent alone.
+    for version in wire::BATCH_VERSION..=MAX_WIRE_VERSION {
+        let inner: Vec<Frame> = frames().into_iter().map(|(_, f)| f).collect();
+        let encode = |frames: &[Frame]| {
+            let alone = frames
+                .iter()
+                .map(|f| wire::encode(version, f).unwrap())
+                .collect();
+            wire::encode_batch(version, alone).unwrap()
+        };
+        let path = fixtures().join(format!("frames/v{version}-batch.bin"));
+        let bytes = stored(&path, || encode(&inner));
+        let Incoming::Frame(Frame::Batch(bodies)) = wire::decode(&bytes).unwrap() else {
+            panic!("the batch of version {version} is not a batch");
+        };
+        let read: Vec<Frame> = wire::unbatch(bodies).map(Result::unwrap).collect();
+        assert_eq!(read, inner, "the batch of version {version}");
+        assert_eq!(
+            encode(&read),
+            bytes,
+            "the batch of version {version}: layout changed; add a version instead"
+        );
+    }
 }
 
 // --------------------------------------------------------------- messages

@@ -137,19 +137,26 @@ async fn casts_batched_on_a_link_all_arrive_before_the_call_that_follows() {
     let nats = Nats::start().await;
     let (nodes, client) = mesh(&nats, "batch", 2).await;
     let (a, b) = (nodes[0].name(), nodes[1].name());
-    let relay = name_placed_on(&client, a, a, "relay").await;
     let counter = name_placed_on(&client, a, b, "counter").await;
 
-    // The relay on a casts to the counter on b, back to back, so the casts
-    // share batches; its call must come after every one of them.
+    // Many casts in flight at once through a's gateway share batches on
+    // the link to b; each is acknowledged once queued on the link, and the
+    // call that follows goes on the same link after all of them.
     let mut total = 0;
     for round in 1..=3 {
-        let before: Vec<_> = (1..=2000).map(|i| json!({"add": i * round})).collect();
-        total += (1..=2000).map(|i| i * round).sum::<i64>();
-        let message = json!({"to": counter, "msg": {"get": {}}, "before": before});
-        let reply = ok(client.call(Some(a), &relay, message).await);
-        assert_eq!(reply["relay_node"], a);
-        assert_eq!(reply["reply"], json!({"value": total}), "round {round}");
+        let casts = (1..=500).map(|i| {
+            let body = json!({"agent": counter, "msg": {"add": i * round}, "cast": true});
+            let client = &client;
+            async move {
+                ok(client
+                    .raw_call(a, &serde_json::to_vec(&body).unwrap())
+                    .await)
+            }
+        });
+        futures::future::join_all(casts).await;
+        total += (1..=500).map(|i| i * round).sum::<i64>();
+        let reply = ok(client.call(Some(a), &counter, json!({"get": {}})).await);
+        assert_eq!(reply, json!({"value": total}), "round {round}");
     }
     assert!(client.agents(b).await.contains(&counter));
 }

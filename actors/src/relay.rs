@@ -8,9 +8,6 @@ use crate::agent::{Agent, AgentError, Context};
 use crate::id::AgentId;
 use crate::json::Json;
 
-/// The most messages a relay casts ahead of its call.
-pub const MAX_CASTS_BEFORE: usize = 10_000;
-
 /// How long a relayed call may take when the message does not say.
 pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -18,9 +15,7 @@ pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Relay;
 
-/// What a relay accepts: `{"to": "counter/x", "msg": {...}}`, optionally
-/// with `"before": [...]`, messages cast to the same agent ahead of the
-/// call (which therefore sees them all, in order).
+/// What a relay accepts: `{"to": "counter/x", "msg": {...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelayMessage {
     /// The agent to call.
@@ -30,9 +25,6 @@ pub struct RelayMessage {
     /// How long to wait, in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Messages cast to `to`, in order, before the call.
-    #[serde(default)]
-    pub before: Vec<Json>,
 }
 
 /// A relay's answer: the target's reply and the relay's own node.
@@ -59,15 +51,6 @@ impl Agent for Relay {
             .to
             .parse()
             .map_err(|e| AgentError::new(format!("{e}")))?;
-        if msg.before.len() > MAX_CASTS_BEFORE {
-            return Err(AgentError::new(format!(
-                "a relay casts at most {MAX_CASTS_BEFORE} messages before its call, not {}",
-                msg.before.len()
-            )));
-        }
-        for cast in &msg.before {
-            ctx.cast_json(&to, &cast.0)?;
-        }
         let timeout = msg
             .timeout_ms
             .map_or(DEFAULT_RELAY_TIMEOUT, Duration::from_millis);

@@ -828,4 +828,153 @@ mod tests {
             assert!(redial_delay(attempt) <= MAX_REDIAL_DELAY.mul_f64(1.2));
         }
     }
+
+    /// A local stand-in for a peer's endpoint: hands on what it receives.
+    struct Sink;
+
+    impl Actor for Sink {
+        type Msg = LinkFrame;
+        type State = mpsc::UnboundedSender<Vec<u8>>;
+        type Arguments = mpsc::UnboundedSender<Vec<u8>>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<LinkFrame>,
+            out: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(out)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<LinkFrame>,
+            frame: LinkFrame,
+            out: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = out.send(frame.0);
+            Ok(())
+        }
+    }
+
+    async fn sink_link(version: u16) -> (Link, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (endpoint, _) = Actor::spawn(None, Sink, tx).await.unwrap();
+        let link = Link {
+            endpoint,
+            version,
+            incarnation: 1,
+            outbox: Arc::default(),
+        };
+        (link, rx)
+    }
+
+    fn cast(i: usize, bytes: usize) -> Frame {
+        Frame::Cast {
+            to: format!("echo/e{i}").parse().unwrap(),
+            payload: vec![7; bytes],
+        }
+    }
+
+    fn call(id: u64) -> Frame {
+        Frame::Call {
+            id,
+            from: "a".into(),
+            to: "echo/e".parse().unwrap(),
+            timeout_ms: 1000,
+            hops: 0,
+            trace: 1,
+            payload: vec![1],
+        }
+    }
+
+    /// Each link message received, as the frames it carries.
+    async fn received(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>, n: usize) -> Vec<Vec<Frame>> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let bytes = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a link message in time")
+                .expect("the sink runs");
+            out.push(match wire::decode(&bytes).unwrap() {
+                Incoming::Frame(Frame::Batch(frames)) => {
+                    wire::unbatch(frames).map(Result::unwrap).collect()
+                }
+                Incoming::Frame(frame) => vec![frame],
+                Incoming::Hello(_) => panic!("a hello"),
+            });
+        }
+        out
+    }
+
+    fn send(link: &Link, frame: &Frame) {
+        let batch = matches!(frame, Frame::Cast { .. });
+        link.send(wire::encode(link.version, frame).unwrap(), batch)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn queued_casts_leave_in_one_batch_before_the_call_that_follows() {
+        let (link, mut rx) = sink_link(wire::BATCH_VERSION).await;
+        let casts: Vec<Frame> = (0..100).map(|i| cast(i, 10)).collect();
+        for frame in &casts {
+            send(&link, frame);
+        }
+        // The current-thread runtime has not run the flush task yet: the
+        // call flushes the queue, itself last.
+        send(&link, &call(1));
+        let mut expected = casts.clone();
+        expected.push(call(1));
+        assert_eq!(received(&mut rx, 1).await, vec![expected]);
+
+        // A cast alone leaves with the flush task, as a plain frame.
+        send(&link, &cast(0, 10));
+        assert_eq!(received(&mut rx, 1).await, vec![vec![cast(0, 10)]]);
+        link.endpoint.stop(None);
+    }
+
+    #[tokio::test]
+    async fn batches_stay_bounded_and_keep_the_order() {
+        let (link, mut rx) = sink_link(wire::BATCH_VERSION).await;
+        // 100 casts of 10 KiB: batches of at most 256 KiB, in order.
+        let casts: Vec<Frame> = (0..100).map(|i| cast(i, 10 * 1024)).collect();
+        for frame in &casts {
+            send(&link, frame);
+        }
+        link.flush_now().unwrap();
+        let mut got = Vec::new();
+        while got.len() < casts.len() {
+            let batch = received(&mut rx, 1).await.remove(0);
+            let bytes: usize = batch
+                .iter()
+                .map(|f| wire::encode(link.version, f).unwrap().len())
+                .sum();
+            assert!(bytes <= MAX_BATCH_BYTES, "a batch of {bytes} bytes");
+            assert!(batch.len() > 1, "casts share batches");
+            got.extend(batch);
+        }
+        assert_eq!(got, casts);
+
+        // A frame larger than a batch goes alone, after what was queued.
+        let big = cast(1, MAX_BATCH_BYTES + 1);
+        send(&link, &cast(0, 10));
+        send(&link, &big);
+        assert_eq!(
+            received(&mut rx, 2).await,
+            vec![vec![cast(0, 10)], vec![big]]
+        );
+        link.endpoint.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_version_2_link_sends_every_frame_alone_at_once() {
+        let (link, mut rx) = sink_link(wire::BATCH_VERSION - 1).await;
+        send(&link, &cast(0, 10));
+        send(&link, &cast(1, 10));
+        send(&link, &call(2));
+        assert_eq!(
+            received(&mut rx, 3).await,
+            vec![vec![cast(0, 10)], vec![cast(1, 10)], vec![call(2)]]
+        );
+        link.endpoint.stop(None);
+    }
 }
