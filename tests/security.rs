@@ -526,3 +526,104 @@ async fn client_role_credentials_reach_the_gateway_only() {
     let out = meshctl(&["members"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 }
+
+/// Round trips of gateway calls that cross a link, with TLS links and with
+/// plaintext ones: a measurement, printed, not a check.
+#[tokio::test]
+#[ignore = "a measurement: run by hand with --run-ignored only"]
+async fn measure_tls_link_overhead() {
+    const CALLS: usize = 2000;
+    let nats = Nats::start().await;
+    let ca = TestCa::new();
+    for tls in [false, true] {
+        let cluster = if tls { "measure-tls" } else { "measure-plain" };
+        let spec = |name: &str| {
+            let mut spec = NodeSpec::new(cluster, name, "fr-par-1");
+            spec.tls = tls.then(|| ca.node(name, 30));
+            spec
+        };
+        let nodes = [
+            MeshNode::start(&nats, spec("node-0")),
+            MeshNode::start(&nats, spec("node-1")),
+        ];
+        let client = Client::connect(&nats, cluster).await;
+        client.converged(&nodes.iter().collect::<Vec<_>>()).await;
+
+        // An agent that lives on node-1, called through node-0.
+        let mut i = 0;
+        let agent = loop {
+            let agent = format!("counter/m{i}");
+            ok(client.call(Some("node-1"), &agent, json!({"add": 0})).await);
+            if client.locate("node-0", &agent).await == "node-1" {
+                break agent;
+            }
+            i += 1;
+        };
+        let mut took = Vec::with_capacity(CALLS);
+        for _ in 0..CALLS {
+            let started = std::time::Instant::now();
+            ok(client.call(Some("node-0"), &agent, json!({"add": 1})).await);
+            took.push(started.elapsed());
+        }
+        took.sort();
+        let total: Duration = took.iter().sum();
+        println!(
+            "links {}: {CALLS} calls via a link, mean {:?}, median {:?}, p99 {:?}",
+            if tls { "TLS" } else { "plaintext" },
+            total / CALLS as u32,
+            took[CALLS / 2],
+            took[CALLS * 99 / 100]
+        );
+    }
+}
+
+/// Runs `data` through the same calls as fuzz target `target`; whether
+/// every call refused it.
+fn fuzz_target_refuses(target: &str, data: &[u8]) -> bool {
+    match target {
+        "codec" => mesh::wire::decode(data).is_err(),
+        "gateway" => match mesh::gateway::parse_call(data, 64 * 1024) {
+            Ok(request) => request.agent.parse::<actors::AgentId>().is_err(),
+            Err(_) => true,
+        },
+        "snapshot" => {
+            let manifest = mesh::snapshot::parse_manifest("fuzz/manifest.json", "fuzz", data);
+            let index = mesh::snapshot::decode_index("fuzz/index.bin", data);
+            let entry = mesh::snapshot::decode_data_entry("fuzz/data-0.bin", data);
+            manifest.is_err() && index.is_err() && entry.is_err()
+        }
+        "config" => match std::str::from_utf8(data) {
+            Ok(text) => mesh::config::parse_file_text("fuzz.toml", text).is_err(),
+            Err(_) => true,
+        },
+        _ => unreachable!("no fuzz target {target}"),
+    }
+}
+
+/// Every input kept in `fuzz/regressions/<target>/` goes through the same
+/// calls as its fuzz target. Crashes `fuzz/run.sh` found (`crash-*`,
+/// `oom-*`, `timeout-*`) must no longer panic; the others are hand-made
+/// hostile inputs (huge length prefixes, deep nesting) and must be refused.
+#[test]
+fn fuzz_regression_inputs_are_refused_cleanly() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
+    let mut seen = 0;
+    for target in ["codec", "gateway", "snapshot", "config"] {
+        for entry in std::fs::read_dir(root.join(target)).expect("regressions folder") {
+            let path = entry.expect("a readable folder").path();
+            let data = std::fs::read(&path).expect("a readable input");
+            let refused = fuzz_target_refuses(target, &data);
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let found_by_fuzzing = ["crash-", "oom-", "timeout-", "slow-unit-"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix));
+            assert!(
+                refused || found_by_fuzzing,
+                "{} was accepted",
+                path.display()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "only {seen} regression inputs");
+}

@@ -39,8 +39,8 @@ impl AgentId {
     /// Builds an agent name from its two parts, checking both.
     pub fn new(kind: &str, name: &str) -> Result<Self, AgentIdError> {
         let fail = |reason| {
-            let mut given = format!("{kind}/{name}");
-            given.truncate(64);
+            // Cut by characters: a byte cut may fall inside one and panic.
+            let given = format!("{kind}/{name}").chars().take(64).collect();
             Err(AgentIdError { given, reason })
         };
         if kind.len() + name.len() + 1 > MAX_AGENT_ID_LEN {
@@ -95,6 +95,16 @@ mod tests {
         let id: AgentId = "counter/alice".parse().unwrap();
         assert_eq!((id.kind(), id.name()), ("counter", "alice"));
         assert_eq!(id.to_string(), "counter/alice");
+    }
+
+    #[test]
+    fn a_long_bad_name_is_cut_between_characters_not_inside_one() {
+        // Found by fuzzing the gateway: "ƛ" spans bytes 63 and 64.
+        let bad = format!("counter/{}ƛ{}", "x".repeat(55), "y".repeat(10));
+        let err = bad.parse::<AgentId>().unwrap_err();
+        assert_eq!(err.given.chars().count(), 64);
+        let long = format!("{}/{}", "é".repeat(100), "é".repeat(100));
+        assert!(long.parse::<AgentId>().is_err());
     }
 
     #[test]

@@ -278,8 +278,74 @@ fn decode_entry(key: &str, entry: &[u8]) -> Result<Record, SnapshotError> {
     let body = entry
         .get(4..)
         .ok_or_else(|| corrupt("entry shorter than its prefix".into()))?;
-    let raw = lz4_flex::decompress_size_prepended(body).map_err(|e| corrupt(e.to_string()))?;
+    let raw = decompress_bounded(body).map_err(corrupt)?;
     Record::decode(&raw).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Decodes a snapshot's index object: the reader the restore path uses,
+/// public for fuzzing.
+pub fn decode_index(key: &str, bytes: &[u8]) -> Result<Vec<IndexEntry>, SnapshotError> {
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        key: key.to_owned(),
+        reason,
+    };
+    let raw = decompress_bounded(bytes).map_err(corrupt)?;
+    codec::decode(&raw).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Decodes one data entry (length prefix included); public for fuzzing.
+pub fn decode_data_entry(key: &str, entry: &[u8]) -> Result<(), SnapshotError> {
+    decode_entry(key, entry).map(|_| ())
+}
+
+/// Parses manifest `bytes` of snapshot `id` (stored at `key`): the format
+/// first, since a newer layout need not parse as this one, then the rest.
+pub fn parse_manifest(key: &str, id: &str, bytes: &[u8]) -> Result<Manifest, SnapshotError> {
+    if bytes.len() > MAX_METADATA_BYTES {
+        return Err(SnapshotError::Corrupt {
+            key: key.to_owned(),
+            reason: "manifest too large".into(),
+        });
+    }
+    let corrupt = |e: serde_json::Error| SnapshotError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    };
+    let format = serde_json::from_slice::<FormatOnly>(bytes)
+        .map_err(corrupt)?
+        .format;
+    let id = id.to_owned();
+    if format > SNAPSHOT_FORMAT {
+        return Err(SnapshotError::TooNew { id, format });
+    }
+    if format < MIN_SNAPSHOT_FORMAT {
+        return Err(SnapshotError::TooOld { id, format });
+    }
+    serde_json::from_slice(bytes).map_err(corrupt)
+}
+
+/// Decompresses an lz4 block with its size prepended, refusing a claimed
+/// size larger than lz4 can expand the block to (or than the codec's
+/// limit) before allocating: a corrupt or forged prefix cannot make the
+/// node allocate gigabytes.
+fn decompress_bounded(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let (size, body) = bytes
+        .split_first_chunk::<4>()
+        .ok_or_else(|| "shorter than its size prefix".to_owned())?;
+    let size = u32::from_le_bytes(*size) as usize;
+    // One lz4 sequence byte stands for at most 255 output bytes.
+    let most = body
+        .len()
+        .saturating_mul(256)
+        .saturating_add(64)
+        .min(codec::DECODE_LIMIT);
+    if size > most {
+        return Err(format!(
+            "claims {size} bytes from {} compressed bytes",
+            body.len()
+        ));
+    }
+    lz4_flex::block::decompress(body, size).map_err(|e| e.to_string())
 }
 
 /// Opens the object store a node's configuration names.
@@ -368,9 +434,17 @@ impl Snapshots {
         .map(|_| ())
     }
 
-    async fn get(&self, key: &str) -> Result<Vec<u8>, SnapshotError> {
+    /// Reads object `key`, refusing one larger than `limit` bytes before
+    /// reading its body.
+    async fn get_at_most(&self, key: &str, limit: u64) -> Result<Vec<u8>, SnapshotError> {
         let path = ObjectPath::from(key);
         let result = bounded(&format!("get {key}"), self.store.get(&path)).await?;
+        if result.meta.size > limit {
+            return Err(SnapshotError::Corrupt {
+                key: key.to_owned(),
+                reason: format!("{} bytes, more than the limit of {limit}", result.meta.size),
+            });
+        }
         let bytes = bounded(&format!("read {key}"), result.bytes()).await?;
         Ok(bytes.to_vec())
     }
@@ -487,35 +561,14 @@ impl Snapshots {
     /// The manifest of snapshot `id` of `node`, or `None` if incomplete.
     pub async fn manifest(&self, node: &str, id: &str) -> Result<Option<Manifest>, SnapshotError> {
         let key = format!("{}/manifest.json", self.folder(node, id));
-        let bytes = match self.get(&key).await {
+        let bytes = match self.get_at_most(&key, MAX_METADATA_BYTES as u64).await {
             Ok(bytes) => bytes,
             Err(SnapshotError::Storage(e)) if e.contains("not found") || e.contains("NotFound") => {
                 return Ok(None)
             }
             Err(e) => return Err(e),
         };
-        if bytes.len() > MAX_METADATA_BYTES {
-            return Err(SnapshotError::Corrupt {
-                key,
-                reason: "manifest too large".into(),
-            });
-        }
-        let corrupt = |e: serde_json::Error| SnapshotError::Corrupt {
-            key: key.clone(),
-            reason: e.to_string(),
-        };
-        // The format first: a newer layout need not parse as this one.
-        let format = serde_json::from_slice::<FormatOnly>(&bytes)
-            .map_err(corrupt)?
-            .format;
-        let id = id.to_owned();
-        if format > SNAPSHOT_FORMAT {
-            return Err(SnapshotError::TooNew { id, format });
-        }
-        if format < MIN_SNAPSHOT_FORMAT {
-            return Err(SnapshotError::TooOld { id, format });
-        }
-        serde_json::from_slice(&bytes).map(Some).map_err(corrupt)
+        parse_manifest(&key, id, &bytes).map(Some)
     }
 
     /// Every complete snapshot of `node`, newest first; those that cannot
@@ -573,7 +626,8 @@ impl Snapshots {
     /// Reads and checks one whole object of a snapshot.
     async fn object(&self, m: &Manifest, info: &ObjectInfo) -> Result<Vec<u8>, SnapshotError> {
         let key = format!("{}/{}", self.folder(&m.node, &m.id), info.name);
-        let bytes = self.get(&key).await?;
+        // An object larger than the manifest says is refused unread.
+        let bytes = self.get_at_most(&key, info.size).await?;
         if bytes.len() as u64 != info.size || crc32fast::hash(&bytes) != info.crc32 {
             return Err(SnapshotError::Corrupt {
                 key,
@@ -593,13 +647,7 @@ impl Snapshots {
     pub async fn index(&self, m: &Manifest) -> Result<Vec<IndexEntry>, SnapshotError> {
         let bytes = self.object(m, &m.index).await?;
         let key = format!("{}/index.bin", self.folder(&m.node, &m.id));
-        let corrupt = |reason: String| SnapshotError::Corrupt {
-            key: key.clone(),
-            reason,
-        };
-        let raw =
-            lz4_flex::decompress_size_prepended(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        codec::decode(&raw).map_err(|e| corrupt(e.to_string()))
+        decode_index(&key, &bytes)
     }
 
     /// Every record of a snapshot, each object checked whole.
