@@ -232,6 +232,10 @@ def parse_args(argv):
                             "as HOST.crt/HOST.key on first use")
     links.add_argument("--insecure", action="store_true",
                        help="plaintext links between nodes (a development mesh only)")
+    p.add_argument("--nats-tls", action="store_true",
+                   help="TLS between nodes (and meshctl) and NATS: each NATS server shows its "
+                        "host's certificate from --tls-dir, clients check it against ca.crt "
+                        "(routes between NATS servers stay plaintext)")
     p.add_argument("--nats-auth", metavar="DIR",
                    help="folder written by bootstrap/nats-auth.sh: its users and subject "
                         "permissions go into every NATS config, and nodes log in as mesh-node")
@@ -256,6 +260,8 @@ def parse_args(argv):
     p.add_argument("--sudo", action="store_true", help="prefix commands with sudo -n")
     p.add_argument("--dry-run", action="store_true", help="print every action, do none")
     args = p.parse_args(argv)
+    if args.nats_tls and not args.tls_dir:
+        raise BadInput("--nats-tls needs --tls-dir (the CA that signs the NATS servers)")
     for zone in args.zone:
         check_zone(zone, "--zone")
     if len(set(args.zone)) != len(args.zone):
@@ -366,7 +372,8 @@ class Run:
             routes=self.args.routes, hosts=self.hosts, kv_replicas=self.args.kv_replicas,
             shutdown_timeout=self.args.shutdown_timeout, node_extra=self.node_extra,
             topology=self.topology is not None,
-            links="insecure" if self.args.insecure else "tls", nats_auth=self.nats_auth)
+            links="insecure" if self.args.insecure else "tls", nats_auth=self.nats_auth,
+            nats_tls=self.args.nats_tls)
         files = [(layout.node_config, render.node_config(ctx, host, layout).encode(), 0o640),
                  (layout.secret, self.secret, 0o640),
                  (layout.node_unit, render.node_unit(ctx, host, layout).encode(), 0o644)]
@@ -641,8 +648,14 @@ class Run:
         host = self.hosts[0]
         layout = layouts[host.name]
         url = f"nats://{render.nats_host_of(self.hosts, host).address}:{render.NATS_CLIENT_PORT}"
+        login = ""
+        if self.nats_auth:
+            password = shlex.quote(layout.nats_password)
+            login += f" --nats-user mesh-node --nats-password-file {password}"
+        if self.args.nats_tls:
+            login += f" --nats-ca {shlex.quote(layout.tls_ca)}"
         out = self.remotes[host.name].must(
-            f"{shlex.quote(layout.binary('meshctl'))} --nats {url} --cluster "
+            f"{shlex.quote(layout.binary('meshctl'))} --nats {url}{login} --cluster "
             f"{shlex.quote(self.args.cluster)} members --json --timeout 2s", "meshctl members")
         return json.loads(out)
 

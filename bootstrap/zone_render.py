@@ -20,7 +20,7 @@ NATS_LAME_DUCK = "30s"
 NODE_KEYS_SET_BY_SCRIPT = frozenset({
     "cluster", "name", "zone", "kind", "capabilities", "nats", "listen", "advertise",
     "data_dir", "secret_file", "kv_replicas", "metrics_listen", "topology",
-    "insecure", "tls_ca", "tls_cert", "tls_key", "nats_user", "nats_password_file"})
+    "insecure", "tls_ca", "tls_cert", "tls_key", "nats_user", "nats_password_file", "nats_ca"})
 
 #: The ownership lease of nodes spread over zones (see node_config).
 ZONE_LEASE = "15s"
@@ -57,6 +57,8 @@ class Context:
     links: str = "tls"
     #: The `authorization` block of bootstrap/nats-auth.sh, or "" (none).
     nats_auth: str = ""
+    #: Whether clients reach NATS over TLS (the host's certificate).
+    nats_tls: bool = False
 
 
 class Layout:
@@ -152,6 +154,8 @@ def node_config(ctx, host, layout):
         keys["topology"] = layout.topology
     if ctx.nats_auth:
         keys.update(nats_user="mesh-node", nats_password_file=layout.nats_password)
+    if ctx.nats_tls:
+        keys["nats_ca"] = layout.tls_ca
     if ctx.links == "insecure":
         keys["insecure"] = True
     else:
@@ -192,6 +196,9 @@ def nats_config(ctx, host, layout):
         "  ]",
         "}",
     ]
+    if ctx.nats_tls:
+        lines += ["tls {", f"  cert_file: {q(layout.tls_cert)}",
+                  f"  key_file: {q(layout.tls_key)}", "  timeout: 2", "}"]
     if ctx.nats_auth:
         lines.append(ctx.nats_auth.rstrip("\n"))
     return HEADER + "\n".join(lines) + "\n"

@@ -527,6 +527,82 @@ async fn client_role_credentials_reach_the_gateway_only() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 }
 
+#[tokio::test]
+async fn nats_over_tls_with_a_password_serves_and_refuses_a_node_without_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bootstrap/nats-auth.sh");
+    let out = std::process::Command::new(script)
+        .arg("natstls")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The NATS server's certificate comes from the cluster CA too.
+    let ca = TestCa::new();
+    let server = ca.node("nats-0", 30);
+    let auth = std::fs::read_to_string(dir.path().join("auth.conf")).unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "{auth}\ntls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
+            server.cert, server.key
+        ),
+    )
+    .unwrap();
+    let nats = Nats::start_with_config(&config).await;
+
+    let password = dir.path().join("node.password");
+    let login = |spec: &mut NodeSpec| {
+        spec.extra = ["--nats-user", "mesh-node", "--nats-password-file"]
+            .map(String::from)
+            .to_vec();
+        spec.extra.push(password.to_str().unwrap().into());
+    };
+    let mut spec = NodeSpec::new("natstls", "node-0", "fr-par-1");
+    login(&mut spec);
+    spec.extra.push("--nats-ca".into());
+    spec.extra.push(server.ca.to_str().unwrap().into());
+    let node = MeshNode::start(&nats, spec);
+
+    // The operator connects through the same settings a node resolves.
+    let operator = mesh::nats_auth::NatsAuth::resolve(
+        mesh::nats_auth::NatsAuthArgs {
+            nats_user: Some("mesh-node".into()),
+            nats_password_file: Some(password.clone()),
+            nats_ca: Some(server.ca.clone()),
+            ..Default::default()
+        },
+        |_| None,
+    )
+    .unwrap();
+    let operator = mesh::connect_nats(&[nats.url()], "test operator", &operator)
+        .await
+        .expect("the operator connects over TLS");
+    let operator = Client {
+        nats: operator,
+        cluster: "natstls".into(),
+    };
+    operator.converged(&[&node]).await;
+    let reply = ok(operator
+        .call(Some("node-0"), "counter/t", json!({"add": 4}))
+        .await);
+    assert_eq!(reply, json!({"value": 4}));
+
+    // A node with the password but without the CA cannot trust the server.
+    let mut spec = NodeSpec::new("natstls", "node-1", "fr-par-1");
+    login(&mut spec);
+    let mut lost = MeshNode::start(&nats, spec);
+    let status = lost.exited(Duration::from_secs(20)).await;
+    assert!(!status.success());
+    let log = lost.log_text();
+    assert!(
+        log.contains("invalid peer certificate: UnknownIssuer"),
+        "{log}"
+    );
+    assert!(!log.contains(std::fs::read_to_string(&password).unwrap().trim()));
+}
+
 /// Round trips of gateway calls that cross a link, with TLS links and with
 /// plaintext ones: a measurement, printed, not a check.
 #[tokio::test]

@@ -367,6 +367,80 @@ fn route(lab: &Lab, host: &str) -> String {
     format!("nats-route://{}:6222", lab.host(host).addr)
 }
 
+#[tokio::test]
+async fn a_zone_with_nats_credentials_and_tls_comes_up_and_turns_away_anonymous_clients() {
+    if let Some(why) = lab_unavailable() {
+        panic!("this test needs a network lab: {why} (run bootstrap/install-deps.sh as root)");
+    }
+    let lab = Lab::new(&[("a1", "fr-par-1"), ("b1", "nl-ams-1"), ("c1", "pl-waw-1")]);
+    let boot = Bootstrap::new();
+    let auth = boot.path("nats-auth");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bootstrap/nats-auth.sh");
+    let made = std::process::Command::new(script)
+        .arg(CLUSTER)
+        .arg(&auth)
+        .output()
+        .expect("nats-auth.sh runs");
+    assert!(made.status.success(), "{made:?}");
+
+    // The script's own readiness check (meshctl members) logs in too.
+    let inventory = boot.inventory(&lab, &["a1", "b1", "c1"], "");
+    let extra = ["--nats-auth", auth.to_str().unwrap(), "--nats-tls"];
+    let run = boot
+        .run_with(
+            &inventory,
+            &["fr-par-1", "nl-ams-1", "pl-waw-1"],
+            &[],
+            &extra,
+        )
+        .await;
+    run.assert_ok();
+    assert!(
+        run.stdout.contains("3 nodes ready and linked"),
+        "{}",
+        run.stdout
+    );
+    let etc = boot.path("hosts").join("a1").join("etc/mesh");
+    let nats_conf = std::fs::read_to_string(etc.join("nats.conf")).unwrap();
+    assert!(nats_conf.contains("tls {"), "{nats_conf}");
+    assert!(nats_conf.contains("user: mesh-client"), "{nats_conf}");
+    let node_toml = std::fs::read_to_string(etc.join("node.toml")).unwrap();
+    for key in ["nats_ca = ", "nats_user = \"mesh-node\"", "tls_cert = "] {
+        assert!(node_toml.contains(key), "{key} missing: {node_toml}");
+    }
+
+    // meshctl with the node role and the CA is served; without them not.
+    let meshctl = boot.path("hosts").join("a1").join("opt/mesh/bin/meshctl");
+    let url = format!("nats://{}:4222", lab.host("a1").addr);
+    let members = |login: &[String]| {
+        lab.command("a1", meshctl.to_str().unwrap())
+            .args(["--nats", &url, "--cluster", CLUSTER, "--timeout", "2s"])
+            .args(login)
+            .arg("members")
+            .output()
+            .expect("meshctl runs")
+    };
+    let login: Vec<String> = [
+        "--nats-user",
+        "mesh-node",
+        "--nats-password-file",
+        etc.join("nats.password").to_str().unwrap(),
+        "--nats-ca",
+        etc.join("tls/ca.crt").to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = members(&login);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        ["a1", "b1", "c1"].iter().all(|n| text.contains(n)),
+        "{text}"
+    );
+    assert_eq!(members(&login[..4]).status.code(), Some(3), "no CA");
+    assert_eq!(members(&login[4..]).status.code(), Some(3), "no password");
+}
+
 /// Polls `done` until it holds; fails naming `what` after `timeout`.
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -504,7 +578,7 @@ async fn a_fourth_zone_joins_under_traffic_and_takes_the_agents_preferring_it() 
     let run = boot.run(&inventory, &[NEW_ZONE], &routes).await;
     run.assert_ok();
     assert!(
-        run.stdout.contains("2 nodes ready and linked"),
+        run.stdout.contains("3 nodes ready and linked"),
         "{}",
         run.stdout
     );
