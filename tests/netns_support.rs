@@ -48,6 +48,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+#[path = "log_lines.rs"]
+mod log_lines;
+pub use log_lines::activations_in;
+
 /// Every namespace of every lab is named `aml-<pid>-<hex>-...`, so that
 /// namespaces left by a test process that was killed can be swept.
 const NS_PREFIX: &str = "aml-";

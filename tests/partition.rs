@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use netns_support::{
-    lab_unavailable, nats_call_async, nats_cluster, spawn_logged, Lab, NatsReply, NsChild,
+    activations_in, lab_unavailable, nats_call_async, nats_cluster, spawn_logged, Lab, NatsReply,
+    NsChild,
 };
 use serde_json::{json, Value};
 
@@ -149,25 +150,7 @@ fn start_node(lab: &Lab, host: &str, nats_url: &str, root: &Path) -> NsChild {
 
 /// Every "agent activated" line: agent -> [(epoch, node)].
 fn activations(nodes: &[(&str, &NsChild)]) -> BTreeMap<String, Vec<(u64, String)>> {
-    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    for (name, node) in nodes {
-        for line in node
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("agent activated"))
-        {
-            let field = |key: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                    .map(|v| v.trim_matches('"').to_owned())
-            };
-            if let (Some(agent), Some(epoch)) = (field("agent"), field("epoch")) {
-                let entry = (epoch.parse().unwrap(), (*name).to_owned());
-                out.entry(agent).or_default().push(entry);
-            }
-        }
-    }
-    out
+    activations_in(nodes.iter().map(|(name, node)| (*name, node.log_text())))
 }
 
 #[tokio::test]

@@ -20,6 +20,9 @@ use mesh::gateway::{AdminRequest, CallRequest, MemberView, MembersReply, Respons
 use mesh::metrics::StatsSnapshot;
 use mesh::subjects;
 
+#[path = "log_lines.rs"]
+mod log_lines;
+
 /// The poll step of [`wait_until`].
 const POLL: Duration = Duration::from_millis(25);
 
@@ -735,31 +738,7 @@ pub fn meshctl(nats_url: &str, cluster: &str, args: &[&str]) -> Output {
         .expect("meshctl runs")
 }
 
-/// The agent and epoch of every "agent activated" line of a node's log.
-pub fn activated(log: &str) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for line in log.lines().filter(|l| l.contains("agent activated")) {
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                .map(|v| v.trim_matches('"').to_owned())
-        };
-        if let (Some(agent), Some(epoch)) = (field("agent"), field("epoch")) {
-            out.push((agent, epoch.parse().expect("a numeric epoch")));
-        }
-    }
-    out
-}
-
 /// Every activation in the nodes' logs: agent -> [(epoch, node)].
 pub fn activations(nodes: &[&MeshNode]) -> BTreeMap<String, Vec<(u64, String)>> {
-    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    for node in nodes {
-        for (agent, epoch) in activated(&node.log_text()) {
-            out.entry(agent)
-                .or_default()
-                .push((epoch, node.name().to_owned()));
-        }
-    }
-    out
+    log_lines::activations_in(nodes.iter().map(|n| (n.name(), n.log_text())))
 }

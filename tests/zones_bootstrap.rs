@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netns_support::{
-    lab_unavailable, nats_call_async, nats_server_bin, python_bin, Lab, NatsReply,
+    activations_in, lab_unavailable, nats_call_async, nats_server_bin, python_bin, Lab, NatsReply,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -303,27 +303,7 @@ async fn traffic(
 /// Every "agent activated" line of the hosts' node logs: agent ->
 /// [(epoch, host)].
 fn activations(boot: &Bootstrap, hosts: &[&str]) -> BTreeMap<String, Vec<(u64, String)>> {
-    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    for host in hosts {
-        for line in boot
-            .node_log(host)
-            .lines()
-            .filter(|l| l.contains("agent activated"))
-        {
-            let field = |key: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                    .map(|v| v.trim_matches('"').to_owned())
-            };
-            if let (Some(agent), Some(epoch)) = (field("agent"), field("epoch")) {
-                let epoch = epoch.parse().unwrap();
-                out.entry(agent)
-                    .or_default()
-                    .push((epoch, (*host).to_owned()));
-            }
-        }
-    }
-    out
+    activations_in(hosts.iter().map(|h| (*h, boot.node_log(h))))
 }
 
 /// `meshctl agents --json` run inside `host`: agent -> [(node, epoch)] of
