@@ -21,6 +21,10 @@
 //! the resident set. A last process activates durable agents and waits
 //! until passivation has stopped them all.
 //!
+//! The army: a node with 30 workers and a node that submits `sleep 0`
+//! tasks to `board/main`, once calling a worker directly and once through
+//! the board, one task at a time, then many tasks at once for the rate.
+//!
 //! The report is printed and written to `bench/results/compare.md`;
 //! `bench/run.sh` puts it into `BENCHMARKS.md`.
 
@@ -183,6 +187,10 @@ struct Settings {
     passivate: usize,
     nats_server: String,
     quick: bool,
+    /// Tasks of the army's throughput run.
+    army_tasks: usize,
+    /// Timed tasks (and direct worker calls) of the army's latency runs.
+    army_samples: usize,
 }
 
 fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
@@ -194,6 +202,16 @@ fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
             .with_context(|| format!("{name}={v:?}: expected a whole number above 0")),
         Err(_) => Ok(default),
     }
+}
+
+/// `BENCH_ARMY_TASKS`, which the board must be able to hold open at once.
+fn army_tasks(quick: bool) -> anyhow::Result<usize> {
+    let tasks = env_number("BENCH_ARMY_TASKS", if quick { 1000 } else { 4000 })?;
+    let max = actors::board::MAX_OPEN;
+    if tasks > max {
+        bail!("BENCH_ARMY_TASKS={tasks}: a board holds at most {max} open tasks");
+    }
+    Ok(tasks)
 }
 
 impl Settings {
@@ -213,6 +231,8 @@ impl Settings {
             passivate: env_number("BENCH_PASSIVATE", if quick { 1000 } else { 10_000 })?,
             nats_server: std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into()),
             quick,
+            army_tasks: army_tasks(quick)?,
+            army_samples: env_number("BENCH_ARMY_SAMPLES", if quick { 100 } else { 300 })?,
         })
     }
 }
@@ -537,6 +557,12 @@ fn orchestrate() -> anyhow::Result<()> {
         server.finish();
     }
 
+    eprintln!(
+        "compare bench: the army, {ARMY_WORKERS} workers, {} tasks",
+        settings.army_tasks
+    );
+    let army = run_army(&settings, &url, logs)?;
+
     let mut locals: Vec<Local> = Vec::new();
     for &n in &settings.sizes {
         let mut ractor = Local::new("ractor actor", n);
@@ -566,7 +592,7 @@ fn orchestrate() -> anyhow::Result<()> {
     drop(nats);
 
     let machine = machine::describe(&workspace_root());
-    let text = report::render(&settings, &machine, &systems, &locals, &passivated);
+    let text = report::render(&settings, &machine, &systems, &locals, &passivated, &army);
     print!("{text}");
     let results = workspace_root().join("bench/results");
     std::fs::create_dir_all(&results)?;
@@ -574,6 +600,29 @@ fn orchestrate() -> anyhow::Result<()> {
     std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
     eprintln!("report written to {}", file.display());
     Ok(())
+}
+
+/// Workers of the army bench, all on one node.
+pub(crate) const ARMY_WORKERS: usize = 30;
+
+/// Runs the army: a node of workers, and a driver node that submits.
+fn run_army(settings: &Settings, url: &str, logs: &Path) -> anyhow::Result<roles::ArmyResult> {
+    let workers = ARMY_WORKERS.to_string();
+    let mut server = Process::role("army-workers", &[url, "army", &workers], logs)?;
+    server.ready()?;
+    let (tasks, samples) = (
+        settings.army_tasks.to_string(),
+        settings.army_samples.to_string(),
+    );
+    let mut driver = Process::role(
+        "army-driver",
+        &[url, "army", &workers, &tasks, &samples],
+        logs,
+    )?;
+    let line = driver.line()?;
+    driver.finish();
+    server.finish();
+    serde_json::from_str(&line).with_context(|| format!("army-driver answered {line:?}"))
 }
 
 /// Runs a local role to its end and reads its result.

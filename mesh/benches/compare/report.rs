@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 
 use super::machine::Machine;
-use super::{LocalResult, RunResult, Settings, PAYLOAD_BYTES};
+use super::roles::ArmyResult;
+use super::{LocalResult, RunResult, Settings, ARMY_WORKERS, PAYLOAD_BYTES};
 
 /// The figures of one run of one system.
 #[derive(Debug)]
@@ -157,6 +158,7 @@ pub(crate) fn render(
     systems: &[System],
     locals: &[Local],
     passivated: &LocalResult,
+    army: &ArmyResult,
 ) -> String {
     let mut out = String::new();
     let o = &mut out;
@@ -285,6 +287,8 @@ pub(crate) fn render(
         per(left),
     );
 
+    render_army(o, army);
+
     let _ = writeln!(o, "## Targets\n");
     if let (Some(ractor), Some(erlang)) = (by_name("ractor_cluster"), by_name("Erlang/OTP")) {
         let rtt = mesh.stat(|r| r.p50_us).median / ractor.stat(|r| r.p50_us).median;
@@ -321,4 +325,59 @@ pub(crate) fn render(
         verdict(per(left) < 0.1 * per(passivated.heap_bytes))
     );
     out
+}
+
+/// The army's section: tasks through the board.
+fn render_army(o: &mut String, army: &ArmyResult) {
+    let us = |samples: &[u64], q: f64| {
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        quantile(&sorted, q) / 1000.0
+    };
+    let direct = us(&army.direct_ns, 0.5);
+    let via = us(&army.board_ns, 0.5);
+    let rate = army.tasks as f64 / (army.tasks_ns as f64 / 1e9);
+    let _ = writeln!(o, "## The army: `sleep 0` tasks through the board\n");
+    let _ = writeln!(
+        o,
+        "Two mesh nodes: one hosts {ARMY_WORKERS} workers (`workers = {ARMY_WORKERS}`; the \
+         board saw {}), the other submits; `board/main` (replicated: every change is a \
+         JetStream write) ran on `{}`. Direct: the submitting node calls a worker with \
+         `run sleep 0`. Through the board: submit, then ask `show` again as soon as it \
+         answers until the task is done (so up to one `show` round trip of the figure \
+         is the polling). \
+         Throughput: {} tasks submitted with {} submissions in flight, until the board \
+         counts them all done. One run.\n",
+        army.workers,
+        army.board_node,
+        army.tasks,
+        super::roles::SUBMITS_IN_FLIGHT,
+    );
+    let _ = writeln!(o, "| figure | p50 | p99 | note |");
+    let _ = writeln!(o, "| --- | --- | --- | --- |");
+    let _ = writeln!(
+        o,
+        "| one task, calling a worker directly (µs) | {direct:.0} | {:.0} | {} calls |",
+        us(&army.direct_ns, 0.99),
+        army.direct_ns.len()
+    );
+    let _ = writeln!(
+        o,
+        "| one task through the board, submit to done (µs) | {via:.0} | {:.0} | {} tasks, \
+         one at a time |",
+        us(&army.board_ns, 0.99),
+        army.board_ns.len()
+    );
+    let _ = writeln!(
+        o,
+        "| the board's added latency per task (µs) | {:.0} | | p50 difference |",
+        via - direct
+    );
+    let _ = writeln!(
+        o,
+        "\nThroughput: **{rate:.0} tasks per second** through the board with \
+         {ARMY_WORKERS} workers ({} tasks in {:.2} s).\n",
+        army.tasks,
+        army.tasks_ns as f64 / 1e9
+    );
 }

@@ -59,6 +59,10 @@ pub(crate) fn run(role: &str, args: &[String]) -> anyhow::Result<()> {
             "local-ractor" => local_ractor(number(0)?).await,
             "local-mesh" => local_mesh(arg(0)?, arg(1)?, number(2)?).await,
             "passivate-mesh" => passivate_mesh(arg(0)?, arg(1)?, number(2)?).await,
+            "army-workers" => army_workers(arg(0)?, arg(1)?, number(2)?).await,
+            "army-driver" => {
+                army_driver(arg(0)?, arg(1)?, number(2)?, number(3)?, number(4)?).await
+            }
             other => bail!("unknown bench role {other}"),
         }
     })
@@ -705,4 +709,208 @@ fn rss_bytes() -> usize {
         .unwrap_or(0);
     // SAFETY: sysconf only reads a constant of the system.
     pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
+// ------------------------------------------------------------------ army
+
+/// The board every worker asks for tasks.
+const BOARD: &str = "main";
+/// How many submissions the throughput run keeps in flight.
+pub(crate) const SUBMITS_IN_FLIGHT: usize = 32;
+/// How often the throughput run asks the board for its totals.
+const POLL: Duration = Duration::from_millis(1);
+
+/// What the army driver measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ArmyResult {
+    /// Workers the board saw.
+    pub(crate) workers: u64,
+    /// The node the board ran on.
+    pub(crate) board_node: String,
+    /// `sleep 0` run by calling a worker directly, each round trip (ns).
+    pub(crate) direct_ns: Vec<u64>,
+    /// `sleep 0` submitted to the board, from the submission until `show`
+    /// says done (ns).
+    pub(crate) board_ns: Vec<u64>,
+    /// Tasks of the throughput run.
+    pub(crate) tasks: usize,
+    /// From its first submission until the board counted them all done.
+    pub(crate) tasks_ns: u64,
+}
+
+/// Starts a node with every built-in kind (board, worker, ...) and
+/// `workers` workers.
+async fn start_army_node(
+    nats: &str,
+    cluster: &str,
+    name: &str,
+    workers: usize,
+) -> anyhow::Result<(mesh::Node, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let args = mesh::NodeArgs {
+        cluster: Some(cluster.into()),
+        name: Some(name.into()),
+        nats: Some(vec![nats.into()]),
+        listen: Some(format!("127.0.0.1:{}", super::free_port()?)),
+        data_dir: Some(dir.path().join("data")),
+        workers: Some(workers),
+        insecure: true,
+        ..mesh::NodeArgs::default()
+    };
+    let config = mesh::Config::load(args, |_| None)?;
+    let node = mesh::Node::start(config, actors::builtin_registry()).await?;
+    Ok((node, dir))
+}
+
+async fn army_workers(nats: &str, cluster: &str, workers: usize) -> anyhow::Result<()> {
+    let (node, _dir) = start_army_node(nats, cluster, "workers", workers).await?;
+    say("ready");
+    until_stdin_closes().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn board(
+    caller: &Arc<dyn Caller>,
+    msg: &actors::board::BoardMessage,
+) -> anyhow::Result<actors::board::BoardReply> {
+    let to = AgentId::new("board", BOARD)?;
+    let bytes = caller.call(to, codec::encode(msg)?, CALL_TIMEOUT).await?;
+    Ok(codec::decode(&bytes)?)
+}
+
+fn sleep_task() -> actors::board::TaskSpec {
+    actors::board::TaskSpec {
+        id: None,
+        task_type: "sleep".into(),
+        payload: actors::Json(serde_json::json!({"ms": 0})),
+        requires: actors::board::Requirements::default(),
+        priority: 0,
+        timeout_ms: None,
+        retries: None,
+    }
+}
+
+async fn board_stats(caller: &Arc<dyn Caller>) -> anyhow::Result<actors::board::BoardStats> {
+    use actors::board::{BoardMessage, BoardReply};
+    match board(caller, &BoardMessage::Stats {}).await? {
+        BoardReply::Stats(stats) => Ok(stats),
+        other => bail!("the board answered stats with {other:?}"),
+    }
+}
+
+/// Submits one task and waits until `show` says it finished, asking again
+/// as soon as each answer arrives: a sleep between them would add the
+/// timer's millisecond granularity to the figure, while back-to-back calls
+/// add at most one `show` round trip.
+async fn one_task(caller: &Arc<dyn Caller>) -> anyhow::Result<Duration> {
+    use actors::board::{BoardMessage, BoardReply};
+    let started = Instant::now();
+    let BoardReply::Submitted { id, .. } =
+        board(caller, &BoardMessage::Submit(sleep_task())).await?
+    else {
+        bail!("the board did not answer the submission");
+    };
+    loop {
+        let show = BoardMessage::Show { id: id.clone() };
+        let BoardReply::Task(task) = board(caller, &show).await? else {
+            bail!("the board did not show task {id}");
+        };
+        if task.state.is_finished() {
+            if task.state != actors::board::TaskState::Done {
+                bail!("task {id} ended {:?}: {:?}", task.state, task.error);
+            }
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > CALL_TIMEOUT {
+            bail!("task {id} did not finish within {CALL_TIMEOUT:?}");
+        }
+    }
+}
+
+async fn army_driver(
+    nats: &str,
+    cluster: &str,
+    workers: usize,
+    tasks: usize,
+    samples: usize,
+) -> anyhow::Result<()> {
+    use actors::worker::WorkerMessage;
+    let (node, _dir) = start_army_node(nats, cluster, "submitter", 0).await?;
+    let caller = node.caller();
+    let worker = |i: usize| AgentId::new("worker", &format!("workers.{}", i % workers));
+    let run = codec::encode(&WorkerMessage::Run {
+        task_type: "sleep".into(),
+        payload: actors::Json(serde_json::json!({"ms": 0})),
+        timeout_ms: None,
+    })?;
+    // Until the link is up and every worker has asked the board for work.
+    let started = Instant::now();
+    let seen = loop {
+        let linked = caller
+            .call(worker(0)?, run.clone(), CALL_TIMEOUT)
+            .await
+            .is_ok();
+        let seen = match linked {
+            true => board_stats(&caller)
+                .await
+                .map_or(0, |s| s.workers_by_zone.values().sum()),
+            false => 0,
+        };
+        if seen >= workers as u64 {
+            break seen;
+        }
+        if started.elapsed() > CONNECT_TIMEOUT {
+            bail!("the board saw {seen} of {workers} workers");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let mut direct = Samples::new(samples);
+    for i in 0..direct.rounds() {
+        let started = Instant::now();
+        caller.call(worker(i)?, run.clone(), CALL_TIMEOUT).await?;
+        direct.record(i, started);
+    }
+    let mut via_board = Samples::new(samples);
+    for i in 0..via_board.rounds() {
+        let started = Instant::now();
+        one_task(&caller).await?;
+        via_board.record(i, started);
+    }
+
+    let before = board_stats(&caller).await?.totals.done;
+    let started = Instant::now();
+    let submits = futures::stream::iter(0..tasks)
+        .map(|_| {
+            let caller = caller.clone();
+            async move { board(&caller, &actors::board::BoardMessage::Submit(sleep_task())).await }
+        })
+        .buffer_unordered(SUBMITS_IN_FLIGHT);
+    futures::pin_mut!(submits);
+    while let Some(reply) = submits.next().await {
+        reply?;
+    }
+    let board_node = loop {
+        let stats = board_stats(&caller).await?;
+        if stats.totals.done >= before + tasks as u64 {
+            break stats.node;
+        }
+        if started.elapsed() > CONNECT_TIMEOUT + CALL_TIMEOUT {
+            bail!("{} of {tasks} tasks done", stats.totals.done - before);
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let tasks_ns = started.elapsed().as_nanos() as u64;
+    let result = ArmyResult {
+        workers: seen,
+        board_node,
+        direct_ns: direct.samples,
+        board_ns: via_board.samples,
+        tasks,
+        tasks_ns,
+    };
+    say(&serde_json::to_string(&result)?);
+    node.shutdown().await;
+    Ok(())
 }
