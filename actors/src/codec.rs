@@ -13,7 +13,7 @@
 //!   new state version instead.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The largest input [`decode`] accepts, whatever the caller's own cap.
 pub const DECODE_LIMIT: usize = 64 * 1024 * 1024;
@@ -58,6 +58,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decodes a `T` from the start of `bytes`, borrowing from them where `T`
+/// does (`&[u8]`, `&str`); returns it with the number of bytes it took.
+pub fn decode_prefix<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::borrow_decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))
+}
+
+/// Decodes a whole `T` from `bytes`, borrowing from them where `T` does;
+/// leftover bytes are an error.
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    let (value, used) = decode_prefix(bytes)?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +98,21 @@ mod tests {
         let mut bytes = encode(&Msg::Get {}).unwrap();
         bytes.push(0);
         assert_eq!(decode::<Msg>(&bytes), Err(CodecError::Trailing(1)));
+    }
+
+    #[test]
+    fn borrowed_decoding_reads_what_encode_wrote_in_place() {
+        let bytes = encode(&(7u32, vec![b"ab".as_slice()])).unwrap();
+        let (head, used): (u32, usize) = decode_prefix(&bytes).unwrap();
+        assert_eq!(head, 7);
+        let rest: Vec<&[u8]> = decode_borrowed(&bytes[used..]).unwrap();
+        assert_eq!(rest, vec![b"ab".as_slice()]);
+        let inside = bytes.as_ptr_range();
+        assert!(inside.contains(&rest[0].as_ptr()), "borrowed, not copied");
+        assert_eq!(
+            decode_borrowed::<u32>(&bytes),
+            Err(CodecError::Trailing(bytes.len() - used))
+        );
     }
 
     #[test]

@@ -281,30 +281,41 @@ impl Actor for Endpoint {
         shared: &mut Arc<Shared>,
     ) -> Result<(), ActorProcessingErr> {
         shared.stats.frames_in.inc();
+        // A batch's frames are read where they lie in the link message.
+        if let Some(frames) = wire::batch_frames(&frame.0) {
+            match frames {
+                Ok(frames) => receive_batch(shared, frames),
+                Err(e) => warn!(error = %e, bytes = frame.0.len(), "dropped a bad link frame"),
+            }
+            return Ok(());
+        }
         match wire::decode(&frame.0) {
             Ok(Incoming::Hello(hello)) => {
                 let _ = shared.link_events.send(LinkEvent::Hello(hello));
             }
-            Ok(Incoming::Frame(Frame::Batch(frames))) => {
-                // The link message is counted above; count its frames.
-                shared
-                    .stats
-                    .frames_in
-                    .inc_by(frames.len().saturating_sub(1) as u64);
-                for frame in wire::unbatch(frames) {
-                    match frame {
-                        Ok(frame) => shared.receive(frame),
-                        // Like a bad frame alone: the others still count.
-                        Err(e) => warn!(error = %e, "dropped a bad frame of a batch"),
-                    }
-                }
-            }
+            Ok(Incoming::Frame(Frame::Batch(frames))) => receive_batch(shared, frames),
             Ok(Incoming::Frame(frame)) => shared.receive(frame),
             // A bad frame is the sender's bug or an attack; dropping it
             // keeps every other call on the link going.
             Err(e) => warn!(error = %e, bytes = frame.0.len(), "dropped a bad link frame"),
         }
         Ok(())
+    }
+}
+
+/// Acts on the frames of a batch, in order.
+fn receive_batch<B: AsRef<[u8]>>(shared: &Shared, frames: Vec<B>) {
+    // The link message is counted already; count its frames.
+    shared
+        .stats
+        .frames_in
+        .inc_by(frames.len().saturating_sub(1) as u64);
+    for frame in wire::unbatch(frames) {
+        match frame {
+            Ok(frame) => shared.receive(frame),
+            // Like a bad frame alone: the others still count.
+            Err(e) => warn!(error = %e, "dropped a bad frame of a batch"),
+        }
     }
 }
 

@@ -379,11 +379,17 @@ impl Shared {
                 Ok(())
             }
             Location::Remote(node) => {
-                let agent = to.to_string();
                 let trace = crate::trace::current();
                 let frame = Frame::TracedCast { to, trace, payload };
-                self.send_frame(&node, &frame)
-                    .map_err(|reason| CallError::Unavailable { agent, reason })
+                self.send_frame(&node, &frame).map_err(|reason| {
+                    let Frame::TracedCast { to, .. } = frame else {
+                        unreachable!("built as a traced cast above")
+                    };
+                    CallError::Unavailable {
+                        agent: to.to_string(),
+                        reason,
+                    }
+                })
             }
             Location::Nowhere(reason) => Err(CallError::Unavailable {
                 agent: to.to_string(),

@@ -281,14 +281,20 @@ impl Ownership {
 
     /// Whether this node has watched the leases long enough, without a
     /// break, to tell an expired lease from a renewal it missed.
-    fn can_judge(&self) -> bool {
+    fn can_judge(&self, now: Instant) -> bool {
         let since = *self.watching_since.lock().expect("watch lock");
-        since.is_some_and(|t| t.elapsed() > self.clock.expiry())
+        since.is_some_and(|t| now.saturating_duration_since(t) > self.clock.expiry())
     }
 
     /// Whether the lease of `peer`, as last seen, has expired.
     fn expired(&self, peer: &PeerLease) -> bool {
-        self.can_judge() && peer.changed.elapsed() > self.clock.expiry()
+        self.expired_at(peer.changed, Instant::now())
+    }
+
+    /// Whether a lease last seen changing at `changed` has expired by `now`.
+    fn expired_at(&self, changed: Instant, now: Instant) -> bool {
+        // The cheap test first: every routed message asks.
+        now.saturating_duration_since(changed) > self.clock.expiry() && self.can_judge(now)
     }
 
     /// Whether `node` holds a lease that has not expired, as seen here.
@@ -296,8 +302,13 @@ impl Ownership {
         if node == self.me {
             return self.lease_valid();
         }
-        let peer = self.peers.lock().expect("peers lock").get(node).cloned();
-        peer.is_some_and(|p| !self.expired(&p))
+        let changed = self
+            .peers
+            .lock()
+            .expect("peers lock")
+            .get(node)
+            .map(|p| p.changed);
+        changed.is_some_and(|changed| !self.expired_at(changed, Instant::now()))
     }
 
     /// The owner of `id` as last seen through the watch.

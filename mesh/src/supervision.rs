@@ -72,6 +72,12 @@ impl ReplySlot {
         }
     }
 
+    /// Whether a caller waits for the answer, which must then name the
+    /// agent if it is lost; nobody does for a cast.
+    fn has_caller(&self) -> bool {
+        matches!(self.to, Some(ReplyTo::Local(_) | ReplyTo::Remote { .. }))
+    }
+
     /// Sends `result` to whoever waits.
     pub(crate) fn send(mut self, result: Result<Vec<u8>, CallError>) {
         if let Some(to) = self.to.take() {
@@ -326,7 +332,9 @@ impl Actor for AgentActor {
             state.passivate(&myself, touched_ms);
             return Ok(());
         }
-        delivery.reply.agent = Some(delivery.to.clone());
+        if delivery.reply.has_caller() {
+            delivery.reply.agent = Some(delivery.to.clone());
+        }
         if let Mode::Idle = state.mode {
             let (shared, id, kind) = (state.shared.clone(), state.id.clone(), state.kind.clone());
             // Boxed, as is serving below: an actor's task is as large as

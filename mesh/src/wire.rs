@@ -142,6 +142,26 @@ impl Frame {
         }
     }
 
+    /// About how many bytes the frame takes encoded, version included:
+    /// enough that encoding it rarely grows the buffer.
+    fn encoded_size_hint(&self) -> usize {
+        // Version, variant, numbers, length prefixes and short names.
+        const FIXED: usize = 64;
+        let id = |to: &AgentId| to.kind().len() + to.name().len();
+        FIXED
+            + match self {
+                Frame::Call {
+                    from, to, payload, ..
+                } => from.len() + id(to) + payload.len(),
+                Frame::Cast { to, payload } | Frame::TracedCast { to, payload, .. } => {
+                    id(to) + payload.len()
+                }
+                Frame::Reply { result, .. } => result.as_ref().map_or(64, Vec::len),
+                Frame::Ping { from, .. } | Frame::Pong { from, .. } => from.len(),
+                Frame::Batch(frames) => frames.iter().map(|f| f.len() + 5).sum(),
+            }
+    }
+
     /// The frame as a peer speaking `version` can read it: a variant newer
     /// than `version` becomes the older variant that carries its meaning.
     fn for_version(&self, version: u16) -> std::borrow::Cow<'_, Frame> {
@@ -218,8 +238,12 @@ pub enum Incoming {
     Frame(Frame),
 }
 
-fn with_version(version: u16, body: &impl Serialize) -> Result<Vec<u8>, codec::CodecError> {
-    let mut out = Vec::with_capacity(64);
+fn with_version(
+    version: u16,
+    body: &impl Serialize,
+    capacity: usize,
+) -> Result<Vec<u8>, codec::CodecError> {
+    let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(&version.to_le_bytes());
     codec::encode_into(body, &mut out)?;
     Ok(out)
@@ -227,14 +251,18 @@ fn with_version(version: u16, body: &impl Serialize) -> Result<Vec<u8>, codec::C
 
 /// Encodes a hello.
 pub fn encode_hello(hello: &Hello) -> Vec<u8> {
-    with_version(HELLO_VERSION, hello).expect("a hello always encodes")
+    with_version(HELLO_VERSION, hello, 64).expect("a hello always encodes")
 }
 
 /// Encodes a frame in `version`, which both ends of the link speak, in
 /// the form that version knows.
 pub fn encode(version: u16, frame: &Frame) -> Result<Vec<u8>, codec::CodecError> {
     debug_assert!((MIN_WIRE_VERSION..=MAX_WIRE_VERSION).contains(&version));
-    with_version(version, frame.for_version(version).as_ref())
+    with_version(
+        version,
+        frame.for_version(version).as_ref(),
+        frame.encoded_size_hint(),
+    )
 }
 
 /// Puts frames made by [`encode`] into one batch frame of `version`, which
@@ -249,15 +277,39 @@ pub fn encode_batch(version: u16, frames: Vec<Vec<u8>>) -> Result<Vec<u8>, codec
     Ok(out)
 }
 
+/// The index the codec writes for [`Frame::Batch`] (variants are written
+/// as their index, in declaration order); pinned by a test.
+const BATCH_VARIANT: u32 = 6;
+
+/// The frames of a batch link message, still encoded, borrowed from it
+/// rather than copied out one by one; `None` if `bytes` is not a batch.
+/// Read them with [`unbatch`]. [`decode`] reads the same message as a
+/// [`Frame::Batch`] that owns copies.
+pub fn batch_frames(bytes: &[u8]) -> Option<Result<Vec<&[u8]>, WireError>> {
+    let (head, body) = bytes.split_first_chunk::<2>()?;
+    let version = u16::from_le_bytes(*head);
+    if !(BATCH_VERSION..=MAX_WIRE_VERSION).contains(&version) {
+        return None;
+    }
+    match codec::decode_prefix::<u32>(body) {
+        Ok((BATCH_VARIANT, used)) => {
+            Some(codec::decode_borrowed(&body[used..]).map_err(Into::into))
+        }
+        _ => None,
+    }
+}
+
 /// The frames of a batch, in order.
-pub fn unbatch(
-    frames: Vec<serde_bytes::ByteBuf>,
+pub fn unbatch<B: AsRef<[u8]>>(
+    frames: impl IntoIterator<Item = B>,
 ) -> impl Iterator<Item = Result<Frame, WireError>> {
-    frames.into_iter().map(|bytes| match decode(&bytes)? {
-        Incoming::Frame(Frame::Batch(_)) => Err(WireError::BadBatch("another batch")),
-        Incoming::Hello(_) => Err(WireError::BadBatch("a hello")),
-        Incoming::Frame(frame) => Ok(frame),
-    })
+    frames
+        .into_iter()
+        .map(|bytes| match decode(bytes.as_ref())? {
+            Incoming::Frame(Frame::Batch(_)) => Err(WireError::BadBatch("another batch")),
+            Incoming::Hello(_) => Err(WireError::BadBatch("a hello")),
+            Incoming::Frame(frame) => Ok(frame),
+        })
 }
 
 /// Decodes what arrived on a link.
@@ -582,6 +634,61 @@ mod tests {
         );
         let older = VersionRange { min: 1, max: 2 };
         assert!(VersionRange::BUILD.negotiate(older).unwrap() < BATCH_VERSION);
+    }
+
+    #[test]
+    fn batch_frames_reads_a_batch_in_place_and_nothing_else() {
+        let alone: Vec<Vec<u8>> = [
+            traced_cast(),
+            Frame::Ping {
+                nonce: 1,
+                from: "a".into(),
+            },
+        ]
+        .iter()
+        .map(|f| encode(BATCH_VERSION, f).unwrap())
+        .collect();
+        let bytes = encode_batch(BATCH_VERSION, alone.clone()).unwrap();
+        let frames = batch_frames(&bytes).unwrap().unwrap();
+        assert_eq!(frames, alone.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert!(
+            bytes.as_ptr_range().contains(&frames[0].as_ptr()),
+            "not copied"
+        );
+        let Incoming::Frame(Frame::Batch(owned)) = decode(&bytes).unwrap() else {
+            panic!("not a batch");
+        };
+        assert_eq!(
+            owned,
+            alone
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect::<Vec<_>>()
+        );
+
+        // Not batches: any other frame, a hello, a batch claiming version 2.
+        assert_eq!(
+            batch_frames(&encode(BATCH_VERSION, &traced_cast()).unwrap()),
+            None
+        );
+        assert_eq!(batch_frames(&encode(2, &traced_cast()).unwrap()), None);
+        let hello = encode_hello(&Hello {
+            node: "b".into(),
+            incarnation: 1,
+            min_version: 1,
+            max_version: 3,
+            software: "x".into(),
+        });
+        assert_eq!(batch_frames(&hello), None);
+        let mut old = bytes.clone();
+        old[..2].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(batch_frames(&old), None);
+        assert_eq!(batch_frames(&[3]), None);
+        // A batch cut short is an error, not a panic.
+        assert!(matches!(
+            batch_frames(&bytes[..bytes.len() - 1]),
+            Some(Err(WireError::Body(_)))
+        ));
     }
 
     #[test]
