@@ -289,13 +289,16 @@ impl AgentState {
                 state: new_state,
             };
             let durability = self.kind.durability();
-            let saved = state::save(
+            // Boxed: saving is by far the largest part of this future, and
+            // this future is built and moved for every message, while only
+            // a changed state needs a save.
+            let saved = Box::pin(state::save(
                 &self.shared,
                 &self.id,
                 durability,
                 record,
                 &mut live.revision,
-            )
+            ))
             .await;
             if let Err(e) = saved {
                 // The change exists only in memory: drop it with the agent.
