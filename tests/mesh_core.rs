@@ -400,6 +400,11 @@ async fn meshctl_reports_each_failure_with_its_exit_status() {
             &["--timeout", "0s", "members"][..],
             "--timeout must be at least 1ms",
         ),
+        // Once a panic: adding a second for a lost node overflowed.
+        (
+            &["--timeout", "18446744073709551615s", "members"][..],
+            "--timeout must be at most 24h",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
             .args(["--nats", &url])

@@ -200,6 +200,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     if cli.timeout < Duration::from_millis(1) {
         return Err(Failure(2, "--timeout must be at least 1ms".into()));
     }
+    if cli.timeout > MAX_TIMEOUT {
+        return Err(Failure(2, "--timeout must be at most 24h".into()));
+    }
     // Check arguments before touching the network.
     let call = match &cli.command {
         Command::Call {
@@ -288,6 +291,10 @@ fn check_topology(file: &std::path::Path) -> Result<(), Failure> {
     );
     Ok(())
 }
+
+/// The longest `--timeout`: a call's deadline, well inside what a
+/// `Duration` and the gateway's `timeout_ms` hold.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// How often `meshctl drain` asks for progress.
 const DRAIN_POLL: Duration = Duration::from_millis(500);
