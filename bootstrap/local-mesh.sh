@@ -557,19 +557,34 @@ cmd_army() {
 	say ""
 	local stamp
 	stamp=$(date +%s)
-	"${ctl[@]}" tasks submit sleep '{"ms": 200}' --id "sleep-$stamp" \
-		--count "$sleeps" --rate 48 >/dev/null &
-	local submit_sleeps=$!
-	if [ $((count - sleeps)) -gt 0 ]; then
-		"${ctl[@]}" tasks submit sha256 '{"data": "army", "rounds": 200000}' \
-			--id "sha-$stamp" --count $((count - sleeps)) --rate 12 >/dev/null &
+	local pids=() pid running=1
+	if [ "$sleeps" -gt 0 ]; then
+		"${ctl[@]}" tasks submit sleep '{"ms": 200}' --id "sleep-$stamp" \
+			--count "$sleeps" --rate 48 >/dev/null &
+		pids+=("$!")
 	fi
-	local submit_hashes=${!:-}
-	trap 'kill "$submit_sleeps" ${submit_hashes:+"$submit_hashes"} 2>/dev/null || true' EXIT
+	"${ctl[@]}" tasks submit sha256 '{"data": "army", "rounds": 200000}' \
+		--id "sha-$stamp" --count $((count - sleeps)) --rate 12 >/dev/null &
+	pids+=("$!")
+	# The pids are expanded now: the trap runs after this function returns,
+	# when its locals are gone.
+	# shellcheck disable=SC2064
+	trap "kill ${pids[*]} 2>/dev/null || true" EXIT
 	# Wait for the first submissions, so the board has work before watching.
 	sleep 1
-	"${ctl[@]}" tasks watch --until-idle
-	wait "$submit_sleeps" ${submit_hashes:+"$submit_hashes"} 2>/dev/null || true
+	# A submitter may pause through a failover while the board is idle:
+	# watch until the submitters are done and the board is idle.
+	while ((running)); do
+		"${ctl[@]}" tasks watch --until-idle
+		running=0
+		for pid in "${pids[@]}"; do
+			if kill -0 "$pid" 2>/dev/null; then
+				running=1
+			fi
+		done
+	done
+	wait "${pids[@]}" 2>/dev/null || true
+	trap - EXIT
 	"${ctl[@]}" tasks stats
 }
 

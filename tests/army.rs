@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mesh::gateway::Response;
@@ -272,6 +273,61 @@ async fn every_task_completes_once_after_kill_9_of_a_worker_node_then_the_board_
     );
     // The killed worker node's tasks went back to the queue.
     assert!(s["totals"]["requeued"].as_u64().unwrap() > 0, "{s}");
+    assert_each_done_once(&client, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn meshctl_tasks_submit_and_watch_ride_out_a_kill_9_of_the_board_node() {
+    let nats = Nats::start().await;
+    let workers: &[&str] = &["--workers", "2"];
+    let (nodes, client) = army(
+        &nats,
+        "army7",
+        &[
+            ("node-0", "fr-par-1", workers),
+            ("node-1", "nl-ams-1", workers),
+            ("node-2", "pl-waw-1", workers),
+        ],
+    )
+    .await;
+    warm(&client, 6).await;
+
+    // As in `local-mesh.sh army`: a paced submitter and a progress watcher.
+    let url = nats.url();
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .args(["--nats", &url, "--cluster", "army7", "tasks"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("meshctl starts")
+    };
+    let submit = ["submit", "sleep", r#"{"ms": 10}"#, "--id", "load"];
+    let submitter = spawn(&[&submit[..], &["--count", "150", "--rate", "25"]].concat());
+    let watcher = spawn(&["watch", "--until-idle"]);
+    finished(&client, 20, Duration::from_secs(60)).await;
+
+    // Requests meanwhile meet the dead node, its lost answers and an
+    // unavailable board until it moves; both commands ride that out.
+    let board_node = stats(&client).await["node"].as_str().unwrap().to_owned();
+    let board = nodes.iter().find(|n| n.name() == board_node).unwrap();
+    board.signal(libc::SIGKILL);
+    for (what, child) in [("submit", submitter), ("watch", watcher)] {
+        let exited = tokio::task::spawn_blocking(move || child.wait_with_output());
+        let out = tokio::time::timeout(Duration::from_secs(120), exited)
+            .await
+            .unwrap_or_else(|_| panic!("meshctl tasks {what} still runs after 120 s"))
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "meshctl tasks {what}: {stderr}");
+    }
+
+    let s = finished(&client, 150, Duration::from_secs(120)).await;
+    assert_ne!(s["node"], json!(board_node), "{s}");
+    let ids: BTreeSet<String> = (1..=150).map(|i| format!("load-{i}")).collect();
     assert_each_done_once(&client, &ids).await;
 }
 

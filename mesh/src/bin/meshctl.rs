@@ -116,6 +116,10 @@ enum Command {
         command: TopologyCommand,
     },
     /// Submit, list, show and cancel tasks on the task board.
+    ///
+    /// While the board moves to another node (its node died), these
+    /// commands try again for up to 30 s; a submission without --id is
+    /// sent again only when the mesh says it was not applied.
     Tasks {
         #[command(subcommand)]
         command: tasks::TasksCommand,

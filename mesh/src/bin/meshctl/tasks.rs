@@ -110,21 +110,85 @@ impl TasksCommand {
     }
 }
 
+/// How long a task command keeps trying while the board fails over to
+/// another node (a node's default lease is 1 s; `add-zone.py` sets 15 s).
+const BOARD_RETRY_FOR: Duration = Duration::from_secs(30);
+/// The pause between two tries.
+const BOARD_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// What a failed board request may have done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// The mesh says it did nothing (`unavailable`): safe to send again.
+    No,
+    /// The answer was lost (`node_lost`, `timeout`, no answer at all):
+    /// safe to send again only when the request is idempotent.
+    Unknown,
+    /// A final answer: sending again would not help.
+    Final,
+}
+
 impl Ctl {
-    /// Sends one message to the board and returns its reply.
-    async fn board(&self, msg: Value) -> Result<Value, Failure> {
+    /// Sends one message to the board and returns its reply, trying again
+    /// for up to [`BOARD_RETRY_FOR`] while the board moves after a node
+    /// died. A message that is not `idempotent` is sent again only when
+    /// the mesh says it was not applied.
+    async fn board(&self, msg: Value, idempotent: bool) -> Result<Value, Failure> {
+        let deadline = Instant::now() + BOARD_RETRY_FOR;
+        loop {
+            let (failure, applied) = match self.board_once(&msg).await {
+                Ok(value) => return Ok(value),
+                Err(failed) => failed,
+            };
+            let again = match applied {
+                Applied::No => true,
+                Applied::Unknown => idempotent,
+                Applied::Final => false,
+            };
+            if !again || Instant::now() >= deadline {
+                return Err(failure);
+            }
+            tokio::time::sleep(BOARD_RETRY_PAUSE).await;
+        }
+    }
+
+    /// Sends one message to the board once.
+    async fn board_once(&self, msg: &Value) -> Result<Value, (Failure, Applied)> {
         let request = CallRequest {
             v: None,
             agent: BOARD.into(),
-            msg,
+            msg: msg.clone(),
             timeout_ms: Some(self.wait.saturating_sub(Duration::from_secs(1)).as_millis() as u64),
             cast: false,
         };
         let body = serde_json::to_vec(&request).expect("call requests encode");
-        match self.request(subjects::gateway(&self.cluster), body).await? {
+        let response = self
+            .request(subjects::gateway(&self.cluster), body)
+            .await
+            .map_err(|failure| {
+                // 3: the connection failed mid-request, 4: no answer in
+                // time (the answering node may have died); 5 (no node of
+                // the cluster listens) is final, as for a mistyped cluster.
+                let applied = match failure.0 {
+                    3 | 4 => Applied::Unknown,
+                    _ => Applied::Final,
+                };
+                (failure, applied)
+            })?;
+        match response {
             Response::Ok(value) => Ok(value),
-            Response::Error(e) if e.code == "timeout" => Err(Failure(4, e.message)),
-            Response::Error(e) => Err(Failure::mesh(format!("{} ({})", e.message, e.code))),
+            Response::Error(e) => {
+                let applied = match e.code.as_str() {
+                    "unavailable" => Applied::No,
+                    "node_lost" | "timeout" => Applied::Unknown,
+                    _ => Applied::Final,
+                };
+                let failure = match e.code.as_str() {
+                    "timeout" => Failure(4, e.message),
+                    _ => Failure::mesh(format!("{} ({})", e.message, e.code)),
+                };
+                Err((failure, applied))
+            }
         }
     }
 
@@ -159,17 +223,18 @@ impl Ctl {
                 self.submit(spec, id, count, rate, json).await
             }
             TasksCommand::List { state, limit } => {
-                let reply = self.board(json!({"list": {"state": state, "limit": limit}}));
+                let list = json!({"list": {"state": state, "limit": limit}});
+                let reply = self.board(list, true);
                 print_list(&reply.await?["listed"]["tasks"], json);
                 Ok(())
             }
             TasksCommand::Show { id } => {
-                let reply = self.board(json!({"show": {"id": id}})).await?;
+                let reply = self.board(json!({"show": {"id": id}}), true).await?;
                 println!("{}", pretty(&reply["task"]));
                 Ok(())
             }
             TasksCommand::Cancel { id } => {
-                let reply = self.board(json!({"cancel": {"id": id}})).await?;
+                let reply = self.board(json!({"cancel": {"id": id}}), true).await?;
                 let task = &reply["task"];
                 match json {
                     true => println!("{task}"),
@@ -182,7 +247,7 @@ impl Ctl {
                 Ok(())
             }
             TasksCommand::Stats => {
-                let reply = self.board(json!({"stats": {}})).await?;
+                let reply = self.board(json!({"stats": {}}), true).await?;
                 println!("{}", pretty(&reply["stats"]));
                 Ok(())
             }
@@ -205,7 +270,10 @@ impl Ctl {
                 (Some(id), _) => json!(format!("{id}-{i}")),
                 (None, _) => Value::Null,
             };
-            let reply = self.board(json!({"submit": spec})).await?;
+            // A known id is not queued twice, so a submission with an id
+            // may be sent again when its answer was lost.
+            let idempotent = id.is_some();
+            let reply = self.board(json!({"submit": spec}), idempotent).await?;
             let submitted = &reply["submitted"];
             if json {
                 println!("{submitted}");
@@ -239,7 +307,7 @@ impl Ctl {
         let mut last: Option<(Instant, u64)> = None;
         let mut submitted_before = None;
         loop {
-            let stats = self.board(json!({"stats": {}})).await?;
+            let stats = self.board(json!({"stats": {}}), true).await?;
             let s = &stats["stats"];
             let count = |v: &Value| v.as_u64().unwrap_or(0);
             let done = count(&s["totals"]["done"]);
