@@ -18,12 +18,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::gateway::{MembersReply, NodeStatus};
+use crate::gateway::{MemberView, MembersReply, NodeStatus};
 use crate::roster;
 
 /// A snapshot older than this many snapshot intervals is a warning: one
 /// periodic snapshot was missed, so something is wrong.
 pub const STALE_SNAPSHOT_INTERVALS: u64 = 2;
+
+/// A node up this long without a link to the viewing node is a warning:
+/// links come up within a second or two of a join.
+pub const LINK_GRACE_S: u64 = 10;
 
 /// What `meshctl status` gathered.
 #[derive(Debug, Default)]
@@ -170,6 +174,7 @@ pub fn assess(inputs: Inputs) -> Report {
     let roster: BTreeMap<&str, &roster::Entry> =
         inputs.roster.iter().map(|e| (e.name.as_str(), e)).collect();
     let members = inputs.view.as_ref().map(|v| &v.members[..]).unwrap_or(&[]);
+    let seen_by = inputs.view.as_ref().map(|v| v.node.as_str());
     let mut warnings = Vec::new();
     let mut zones: BTreeMap<String, Vec<NodeReport>> = BTreeMap::new();
 
@@ -190,6 +195,9 @@ pub fn assess(inputs: Inputs) -> Report {
                     NodeState::Alive
                 };
                 if let Some(why) = stale_snapshot(answer) {
+                    warnings.push(format!("node {name} {why}"));
+                }
+                if let Some(why) = seen_by.and_then(|by| cut_off(answer, member, by)) {
                     warnings.push(format!("node {name} {why}"));
                 }
                 let report = NodeReport {
@@ -274,6 +282,27 @@ pub fn assess(inputs: Inputs) -> Report {
         seen_by: inputs.view.map(|v| v.node),
         zones,
         warnings,
+    }
+}
+
+/// Why a node that answers is cut off from the viewing node, if it is.
+///
+/// Such a node still takes gateway requests and claims the agents it is
+/// asked for, which the viewing node then cannot reach.
+fn cut_off(answer: &NodeStatus, member: Option<&MemberView>, seen_by: &str) -> Option<String> {
+    if answer.uptime_s < LINK_GRACE_S {
+        return None;
+    }
+    match member {
+        None => Some(format!(
+            "answers but is not a member as seen by {seen_by}: does it have \
+             another cluster secret? (its log says \"refused announcement\")"
+        )),
+        Some(m) if !m.linked && !m.this => Some(format!(
+            "has no link to {seen_by}: agents it hosts are unavailable there \
+             (TLS certificates or network; see both nodes' logs)"
+        )),
+        Some(_) => None,
     }
 }
 

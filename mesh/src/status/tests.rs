@@ -171,3 +171,37 @@ fn without_any_node_answering_the_roster_still_shows_every_zone() {
     assert!(text.contains("no node of cluster c answered"), "{text}");
     assert!(text.contains("fr-par-1     down"), "{text}");
 }
+
+#[test]
+fn a_node_that_answers_without_a_link_or_membership_is_warned_about() {
+    // b-1 is a member without a link (a wrong CA); c-1 is in the roster and
+    // answers on the cluster's subjects but is no member (another cluster
+    // secret).
+    let mut unlinked = member("b-1", "nl-ams-1");
+    unlinked.linked = false;
+    let roster = vec![entry("c-1", "pl-waw-1", 1, false)];
+    let mut input = inputs(roster, &[unlinked]);
+    input
+        .answers
+        .insert("b-1".into(), answer("b-1", "nl-ams-1"));
+    input
+        .answers
+        .insert("c-1".into(), answer("c-1", "pl-waw-1"));
+    let report = assess(input);
+    let text = report.warnings.join("\n");
+    assert!(text.contains("node b-1 has no link to a-1"), "{text}");
+    assert!(
+        text.contains("node c-1 answers but is not a member as seen by a-1"),
+        "{text}"
+    );
+    assert!(!text.contains("node a-1"), "{text}");
+
+    // Just started: links are still coming up.
+    let mut unlinked = member("b-1", "nl-ams-1");
+    unlinked.linked = false;
+    let mut input = inputs(vec![], &[unlinked]);
+    let mut fresh = answer("b-1", "nl-ams-1");
+    fresh.uptime_s = LINK_GRACE_S - 1;
+    input.answers.insert("b-1".into(), fresh);
+    assert!(assess(input).warnings.is_empty());
+}
