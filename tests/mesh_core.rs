@@ -21,13 +21,30 @@ async fn mesh(nats: &Nats, cluster: &str, n: usize) -> (Vec<MeshNode>, Client) {
 
 /// The first agent name `kind/prefixN` that `asking` places on `target`.
 async fn name_placed_on(client: &Client, asking: &str, target: &str, kind: &str) -> String {
+    names_placed_on(client, asking, target, kind, 1)
+        .await
+        .remove(0)
+}
+
+/// The first `n` names of `kind` that `asking` places on `target`.
+async fn names_placed_on(
+    client: &Client,
+    asking: &str,
+    target: &str,
+    kind: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut found = Vec::new();
     for i in 0..200 {
         let agent = format!("{kind}/{kind}-{i}");
         if client.locate(asking, &agent).await == target {
-            return agent;
+            found.push(agent);
+            if found.len() == n {
+                return found;
+            }
         }
     }
-    panic!("no {kind} name places on {target}");
+    panic!("fewer than {n} {kind} names place on {target}");
 }
 
 #[tokio::test]
@@ -137,14 +154,17 @@ async fn casts_batched_on_a_link_all_arrive_before_the_call_that_follows() {
     let nats = Nats::start().await;
     let (nodes, client) = mesh(&nats, "batch", 2).await;
     let (a, b) = (nodes[0].name(), nodes[1].name());
-    let counter = name_placed_on(&client, a, b, "counter").await;
+    let counters = names_placed_on(&client, a, b, "counter", 2).await;
 
     // Many casts in flight at once through a's gateway share batches on
     // the link to b; each is acknowledged once queued on the link, and the
-    // call that follows goes on the same link after all of them.
-    let mut total = 0;
+    // call that follows goes on the same link after all of them. They go
+    // to two counters in runs of 7, so that b hands runs of casts to one
+    // agent to its actor together, and the runs alternate.
+    let mut totals = [0, 0];
     for round in 1..=3 {
         let casts = (1..=500).map(|i| {
+            let counter = &counters[(i as usize / 7) % 2];
             let body = json!({"agent": counter, "msg": {"add": i * round}, "cast": true});
             let client = &client;
             async move {
@@ -154,11 +174,16 @@ async fn casts_batched_on_a_link_all_arrive_before_the_call_that_follows() {
             }
         });
         futures::future::join_all(casts).await;
-        total += (1..=500).map(|i| i * round).sum::<i64>();
-        let reply = ok(client.call(Some(a), &counter, json!({"get": {}})).await);
-        assert_eq!(reply, json!({"value": total}), "round {round}");
+        for i in 1..=500i64 {
+            totals[(i as usize / 7) % 2] += i * round;
+        }
+        for (counter, total) in counters.iter().zip(totals) {
+            let reply = ok(client.call(Some(a), counter, json!({"get": {}})).await);
+            assert_eq!(reply, json!({"value": total}), "{counter}, round {round}");
+        }
     }
-    assert!(client.agents(b).await.contains(&counter));
+    let on_b = client.agents(b).await;
+    assert!(counters.iter().all(|c| on_b.contains(c)));
 }
 
 #[tokio::test]

@@ -310,13 +310,15 @@ fn receive_batch<B: AsRef<[u8]>>(shared: &Shared, frames: Vec<B>) {
         .stats
         .frames_in
         .inc_by(frames.len().saturating_sub(1) as u64);
+    let mut group = crate::node::Group::default();
     for frame in wire::unbatch(frames) {
         match frame {
-            Ok(frame) => shared.receive(frame),
+            Ok(frame) => shared.receive_via(frame, &mut group),
             // Like a bad frame alone: the others still count.
             Err(e) => warn!(error = %e, "dropped a bad frame of a batch"),
         }
     }
+    shared.send_group(&mut group);
 }
 
 /// Dial bookkeeping for one peer this node is responsible for dialing.

@@ -123,9 +123,22 @@ pub(crate) struct Delivery {
     pub(crate) timeout: Duration,
     /// The trace it belongs to.
     pub(crate) trace: u64,
+    /// Casts to the same agent that arrived right after this one (in one
+    /// batch), handled in order after it: one actor message for all of
+    /// them. Only sent to a live agent's actor, which handles each as if
+    /// it had come alone; empty everywhere else.
+    pub(crate) more: Vec<Delivery>,
 }
 
 impl ractor::Message for Delivery {}
+
+impl Delivery {
+    /// This delivery and those it carries, each alone, in order.
+    pub(crate) fn unpack(mut self) -> impl Iterator<Item = Delivery> {
+        let more = std::mem::take(&mut self.more);
+        std::iter::once(self).chain(more)
+    }
+}
 
 /// A live agent: the actor that runs one agent's handler.
 struct AgentActor;
@@ -331,38 +344,47 @@ impl Actor for AgentActor {
         mut delivery: Delivery,
         state: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(touched_ms) = delivery.reply.passivation() {
-            state.passivate(&myself, touched_ms);
-            return Ok(());
-        }
-        if delivery.reply.has_caller() {
-            delivery.reply.agent = Some(delivery.to.clone());
-        }
-        if let Mode::Idle = state.mode {
-            let (shared, id, kind) = (state.shared.clone(), state.id.clone(), state.kind.clone());
-            // Boxed, as is serving below: an actor's task is as large as
-            // the largest future it may await, and holds that size for as
-            // long as the agent lives, idle or not.
-            match Box::pin(activate(&shared, &id, &kind)).await {
-                Ok(live) => {
-                    shared.directory.set_epoch(&id, live.epoch);
-                    state.mode = Mode::Serving(live);
-                }
-                Err(mode) => state.wind_down(&myself, mode),
-            }
-        }
-        match &state.mode {
-            Mode::Serving(_) => {
-                if let Err((unanswered, mode)) = Box::pin(state.serve(delivery)).await {
-                    state.wind_down(&myself, mode);
-                    if let Some(delivery) = unanswered {
-                        state.pass_on(delivery);
-                    }
-                }
-            }
-            _ => state.pass_on(delivery),
+        let more = std::mem::take(&mut delivery.more);
+        handle_one(&myself, delivery, state).await;
+        for delivery in more {
+            handle_one(&myself, delivery, state).await;
         }
         Ok(())
+    }
+}
+
+/// Handles one message to an agent's actor.
+async fn handle_one(myself: &ActorRef<Delivery>, mut delivery: Delivery, state: &mut AgentState) {
+    if let Some(touched_ms) = delivery.reply.passivation() {
+        state.passivate(myself, touched_ms);
+        return;
+    }
+    if delivery.reply.has_caller() {
+        delivery.reply.agent = Some(delivery.to.clone());
+    }
+    if let Mode::Idle = state.mode {
+        let (shared, id, kind) = (state.shared.clone(), state.id.clone(), state.kind.clone());
+        // Boxed, as is serving below: an actor's task is as large as
+        // the largest future it may await, and holds that size for as
+        // long as the agent lives, idle or not.
+        match Box::pin(activate(&shared, &id, &kind)).await {
+            Ok(live) => {
+                shared.directory.set_epoch(&id, live.epoch);
+                state.mode = Mode::Serving(live);
+            }
+            Err(mode) => state.wind_down(myself, mode),
+        }
+    }
+    match &state.mode {
+        Mode::Serving(_) => {
+            if let Err((unanswered, mode)) = Box::pin(state.serve(delivery)).await {
+                state.wind_down(myself, mode);
+                if let Some(delivery) = unanswered {
+                    state.pass_on(delivery);
+                }
+            }
+        }
+        _ => state.pass_on(delivery),
     }
 }
 
@@ -688,6 +710,7 @@ pub(crate) async fn passivate_idle(shared: Arc<Shared>, after: Duration) {
                 hops: 0,
                 timeout: Duration::ZERO,
                 trace: 0,
+                more: Vec::new(),
             };
             // An actor that stopped meanwhile needs no passivation.
             let _ = actor.send_message(marker);
