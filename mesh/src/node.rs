@@ -286,7 +286,7 @@ impl Shared {
         };
         let id = match location {
             Location::Local => {
-                let reply = ReplySlot::new(ReplyTo::Local(tx), self.strong());
+                let reply = ReplySlot::for_call(ReplyTo::Local(tx), &to, self.strong());
                 self.deliver(Delivery {
                     to,
                     payload,
@@ -561,7 +561,8 @@ impl Shared {
                     peer = %from,
                     "call received"
                 );
-                let reply = ReplySlot::new(ReplyTo::Remote { node: from, id }, self.strong());
+                let reply =
+                    ReplySlot::for_call(ReplyTo::Remote { node: from, id }, &to, self.strong());
                 self.deliver(Delivery {
                     to,
                     payload,

@@ -4,8 +4,9 @@
 //! and hears when one stops or crashes. A crashed agent is removed from the
 //! directory; the next message activates it again with fresh state. Every
 //! message carries a [`ReplySlot`] that answers the caller exactly once: with
-//! the handler's result, or with [`CallError::Crashed`] if the handler
-//! panicked and the message was dropped unanswered.
+//! the handler's result, with [`CallError::Crashed`] if the handler panicked
+//! on it, or with [`CallError::Unavailable`] (not applied) if it was dropped
+//! before the agent began handling it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -51,7 +52,11 @@ pub(crate) enum ReplyTo {
 #[derive(Debug)]
 pub(crate) struct ReplySlot {
     to: Option<ReplyTo>,
+    /// The agent called, named in the answer if the message is lost; set
+    /// for calls only (nobody hears about a lost cast).
     agent: Option<AgentId>,
+    /// Whether the agent began handling the message.
+    started: bool,
     shared: Arc<Shared>,
 }
 
@@ -60,8 +65,16 @@ impl ReplySlot {
         ReplySlot {
             to: Some(to),
             agent: None,
+            started: false,
             shared,
         }
+    }
+
+    /// A slot for a call to `agent`.
+    pub(crate) fn for_call(to: ReplyTo, agent: &AgentId, shared: Arc<Shared>) -> Self {
+        let mut slot = ReplySlot::new(to, shared);
+        slot.agent = Some(agent.clone());
+        slot
     }
 
     /// The last use the sweeper saw, if this slot marks a passivation.
@@ -70,12 +83,6 @@ impl ReplySlot {
             Some(ReplyTo::Passivate(touched_ms)) => Some(touched_ms),
             _ => None,
         }
-    }
-
-    /// Whether a caller waits for the answer, which must then name the
-    /// agent if it is lost; nobody does for a cast.
-    fn has_caller(&self) -> bool {
-        matches!(self.to, Some(ReplyTo::Local(_) | ReplyTo::Remote { .. }))
     }
 
     /// Sends `result` to whoever waits.
@@ -89,12 +96,23 @@ impl ReplySlot {
 impl Drop for ReplySlot {
     fn drop(&mut self) {
         if let Some(to) = self.to.take() {
-            let agent = self
-                .agent
-                .as_ref()
-                .map_or_else(|| "agent".to_owned(), |a| a.to_string());
-            deliver_reply(&self.shared, to, Err(CallError::Crashed { agent }));
+            let error = unanswered(self.agent.as_ref(), self.started);
+            deliver_reply(&self.shared, to, Err(error));
         }
+    }
+}
+
+/// The answer to a message dropped unanswered: the handler panicked on it
+/// (`started`), or it was still queued when the agent stopped (its lease
+/// lapsed, it failed, the node stopped), so it was not applied and may be
+/// sent again.
+fn unanswered(agent: Option<&AgentId>, started: bool) -> CallError {
+    let agent = agent.map_or_else(|| "agent".to_owned(), ToString::to_string);
+    if started {
+        CallError::Crashed { agent }
+    } else {
+        let reason = "it stopped before handling the message (not applied)".to_owned();
+        CallError::Unavailable { agent, reason }
     }
 }
 
@@ -359,9 +377,7 @@ async fn handle_one(myself: &ActorRef<Delivery>, mut delivery: Delivery, state: 
         state.passivate(myself, touched_ms);
         return;
     }
-    if delivery.reply.has_caller() {
-        delivery.reply.agent = Some(delivery.to.clone());
-    }
+    delivery.reply.started = true;
     if let Mode::Idle = state.mode {
         let (shared, id, kind) = (state.shared.clone(), state.id.clone(), state.kind.clone());
         // Boxed, as is serving below: an actor's task is as large as
@@ -721,3 +737,25 @@ pub(crate) async fn passivate_idle(shared: Arc<Shared>, after: Duration) {
 /// The shortest and longest pause between two looks for idle agents.
 const MIN_SWEEP: Duration = Duration::from_millis(10);
 const MAX_SWEEP: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_message_is_crashed_once_handled_and_retryable_before() {
+        let id: AgentId = "counter/a".parse().unwrap();
+        let error = unanswered(Some(&id), true);
+        assert_eq!(error.code(), "crashed");
+        assert_eq!(
+            error.to_string(),
+            "counter/a crashed while handling the message"
+        );
+        let error = unanswered(Some(&id), false);
+        assert_eq!(error.code(), "unavailable");
+        assert_eq!(
+            error.to_string(),
+            "counter/a is unavailable: it stopped before handling the message (not applied)"
+        );
+    }
+}
