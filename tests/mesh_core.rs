@@ -152,7 +152,16 @@ async fn an_agent_calls_an_agent_on_another_node_over_a_link() {
 #[tokio::test]
 async fn casts_batched_on_a_link_all_arrive_before_the_call_that_follows() {
     let nats = Nats::start().await;
-    let (nodes, client) = mesh(&nats, "batch", 2).await;
+    // All 500 casts of a round may be in a's gateway at once.
+    let nodes: Vec<MeshNode> = (0..2)
+        .map(|i| {
+            let mut spec = NodeSpec::new("batch", &format!("node-{i}"), ZONES[i]);
+            spec.extra = vec!["--gateway-max-inflight".into(), "500".into()];
+            MeshNode::start(&nats, spec)
+        })
+        .collect();
+    let client = Client::connect(&nats, "batch").await;
+    client.converged(&[&nodes[0], &nodes[1]]).await;
     let (a, b) = (nodes[0].name(), nodes[1].name());
     let counters = names_placed_on(&client, a, b, "counter", 2).await;
 
@@ -604,4 +613,89 @@ async fn two_nodes_with_one_name_are_reported() {
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn a_busy_node_refuses_calls_past_its_bound_at_once_and_still_answers_operators() {
+    const SLOW_MS: u64 = 4000;
+    let nats = Nats::start().await;
+    let mut spec = NodeSpec::new("busy", "busy-1", "fr-par-1");
+    spec.extra = ["--workers", "2", "--gateway-max-inflight", "2"]
+        .map(String::from)
+        .to_vec();
+    let node = MeshNode::start(&nats, spec);
+    let client = Client::connect(&nats, "busy").await;
+    client.converged(&[&node]).await;
+    let name = node.name();
+    let run = |ms: u64| json!({"run": {"type": "sleep", "payload": {"ms": ms}}});
+    for worker in ["worker/busy-1.0", "worker/busy-1.1"] {
+        client
+            .call_until_ok(Some(name), worker, run(0), Duration::from_secs(20))
+            .await;
+    }
+
+    // Two slow calls, to two workers, fill the node's two places.
+    let started = Instant::now();
+    let slow: Vec<_> = ["worker/busy-1.0", "worker/busy-1.1"]
+        .into_iter()
+        .map(|worker| {
+            let client = Client {
+                nats: client.nats.clone(),
+                cluster: client.cluster.clone(),
+            };
+            tokio::spawn(async move {
+                client
+                    .call_with_timeout(Some("busy-1"), worker, run(SLOW_MS), Some(20_000))
+                    .await
+            })
+        })
+        .collect();
+    wait_until("two calls in flight", Duration::from_secs(5), || async {
+        (client.stats(name).await.gateway_inflight == 2).then_some(())
+    })
+    .await;
+
+    // A third call is refused at once, naming the bound.
+    let asked = Instant::now();
+    let response = client.call(Some(name), "echo/x", json!("hi")).await;
+    let refused_after = asked.elapsed();
+    let mesh::gateway::Response::Error(e) = response else {
+        panic!("a third call was served: {response:?}");
+    };
+    assert_eq!(e.code, "unavailable", "{e:?}");
+    assert!(
+        e.message
+            .contains("node busy-1 is busy: 2 gateway calls in flight"),
+        "{e:?}"
+    );
+    assert!(refused_after < Duration::from_secs(1), "{refused_after:?}");
+    assert!(slow.iter().all(|call| !call.is_finished()));
+
+    // Operators still get answers while the calls are full.
+    let stats = client.stats(name).await;
+    assert_eq!((stats.gateway_busy, stats.gateway_inflight), (1, 2));
+    let url = nats.url();
+    let status = tokio::task::spawn_blocking(move || meshctl_ok(&url, "busy", &["status"]))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    let alive = |l: &str| l.contains("busy-1") && l.contains("alive");
+    assert!(text.lines().any(alive), "{text}");
+    assert!(slow.iter().all(|call| !call.is_finished()));
+
+    // The slow calls end well, the places come back, and the node serves.
+    for call in slow {
+        let reply = ok(call.await.unwrap());
+        assert_eq!(reply, json!({"output": {"slept_ms": SLOW_MS}}));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(SLOW_MS));
+    assert_eq!(
+        ok(client.call(Some(name), "echo/x", json!("hi")).await),
+        json!("hi")
+    );
+    wait_until("no call in flight", Duration::from_secs(5), || async {
+        (client.stats(name).await.gateway_inflight == 0).then_some(())
+    })
+    .await;
+    client.converged(&[&node]).await;
 }

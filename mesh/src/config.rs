@@ -32,6 +32,13 @@ pub const DEFAULT_MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// How long a gateway call waits when the request does not say.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many gateway calls a node serves at once; more are refused.
+pub const DEFAULT_GATEWAY_MAX_INFLIGHT: usize = 256;
+/// How many of the largest call requests (twice `max_message_bytes`) a
+/// node holds at once by default: 4 MiB of bodies with the default cap.
+/// Parsing big bodies takes the runtime from links and leases; on two
+/// cores, 8 MiB of 900 KB calls in flight already let a link go silent.
+pub const DEFAULT_GATEWAY_LARGEST_CALLS: usize = 2;
 /// How long a link may stay silent (no answer to pings) before it is cut.
 pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a durable agent may go without a message before it is
@@ -142,6 +149,13 @@ pub struct NodeArgs {
     /// Default deadline of gateway calls, such as 5s.
     #[arg(long, env = "MESH_CALL_TIMEOUT", value_name = "DURATION")]
     pub call_timeout: Option<String>,
+    /// Gateway calls served at once; more get `unavailable` [default: 256].
+    #[arg(long, env = "MESH_GATEWAY_MAX_INFLIGHT", value_name = "N")]
+    pub gateway_max_inflight: Option<usize>,
+    /// Bytes of gateway call bodies held at once; more get `unavailable`
+    /// [default: 4 × max_message_bytes].
+    #[arg(long, env = "MESH_GATEWAY_MAX_INFLIGHT_BYTES", value_name = "BYTES")]
+    pub gateway_max_inflight_bytes: Option<usize>,
     /// Snapshot target: s3://bucket/prefix or file:///path
     /// [default: file://<data-dir>/snapshots].
     #[arg(long, env = "MESH_SNAPSHOTS", value_name = "URL")]
@@ -242,6 +256,8 @@ struct FileConfig {
     member_timeout: Option<String>,
     max_message_bytes: Option<usize>,
     call_timeout: Option<String>,
+    gateway_max_inflight: Option<usize>,
+    gateway_max_inflight_bytes: Option<usize>,
     snapshots: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
@@ -303,6 +319,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Default deadline of gateway calls.
     pub call_timeout: Duration,
+    /// How many gateway calls are served at once.
+    pub gateway_max_inflight: usize,
+    /// How many bytes of gateway call bodies are held at once.
+    pub gateway_max_inflight_bytes: usize,
     /// Where snapshots go.
     pub snapshots: SnapshotTarget,
     /// Interval between periodic snapshots.
@@ -527,6 +547,34 @@ impl Config {
         }
         let call_timeout = duration("call_timeout", text(args.call_timeout, file.call_timeout))?
             .unwrap_or(DEFAULT_CALL_TIMEOUT);
+        let gateway_max_inflight = args
+            .gateway_max_inflight
+            .or(file.gateway_max_inflight)
+            .unwrap_or(DEFAULT_GATEWAY_MAX_INFLIGHT);
+        if gateway_max_inflight == 0 {
+            return Err(invalid(
+                "gateway_max_inflight",
+                "0",
+                "allow at least one request",
+            ));
+        }
+        // A call request may be twice max_message_bytes: the budget must
+        // hold one, or the largest calls would be refused forever.
+        let largest_call = max_message_bytes * 2;
+        let gateway_max_inflight_bytes = args
+            .gateway_max_inflight_bytes
+            .or(file.gateway_max_inflight_bytes)
+            .unwrap_or(largest_call * DEFAULT_GATEWAY_LARGEST_CALLS);
+        if gateway_max_inflight_bytes < largest_call {
+            return Err(invalid(
+                "gateway_max_inflight_bytes",
+                &gateway_max_inflight_bytes.to_string(),
+                format!(
+                    "must be at least twice max_message_bytes ({largest_call}), \
+                     the largest call request"
+                ),
+            ));
+        }
         let snapshots_text = text(args.snapshots, file.snapshots);
         let snapshots_shared = snapshots_text.is_some();
         let snapshots = snapshot_target(
@@ -642,6 +690,8 @@ impl Config {
             member_timeout,
             max_message_bytes,
             call_timeout,
+            gateway_max_inflight,
+            gateway_max_inflight_bytes,
             snapshots,
             snapshot_interval,
             snapshot_keep,

@@ -11,8 +11,15 @@
 //! ([`GATEWAY_VERSION`]); absent means 1. A node refuses a version it does
 //! not speak with `unsupported_version`, so a newer client never has its
 //! request half understood by an older node.
+//!
+//! A node serves at most `gateway_max_inflight` calls, holding at most
+//! `gateway_max_inflight_bytes` of their bodies, at once; operator queries
+//! have their own [`MAX_ADMIN_INFLIGHT`]. A request beyond its bound is
+//! answered `unavailable` before its JSON is read, so a flood of calls
+//! costs the node a refusal each, and leaves the runtime to links, leases
+//! and operators.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actors::{AgentId, CallError};
@@ -31,6 +38,9 @@ pub const GATEWAY_VERSION: u16 = 1;
 pub const MAX_JSON_DEPTH: usize = 32;
 /// The largest operator request, in bytes.
 pub const MAX_ADMIN_BYTES: usize = 64 * 1024;
+/// How many operator queries a node serves at once, apart from calls so
+/// that `meshctl status` answers on a node busy with calls.
+pub const MAX_ADMIN_INFLIGHT: usize = 16;
 
 /// A call from outside: `{"agent": "counter/alice", "msg": {"add": 5}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,10 +313,46 @@ async fn serve(
     nats: async_nats::Client,
     mut requests: impl futures::Stream<Item = (bool, async_nats::Message)> + Unpin,
 ) {
+    let c = &shared.config;
+    let calls = Arc::new(Gate {
+        what: "gateway calls",
+        max_count: c.gateway_max_inflight,
+        max_bytes: c.gateway_max_inflight_bytes,
+        inflight: shared.stats.gateway_inflight.clone(),
+        used: Mutex::default(),
+    });
+    // Admin bodies are capped at MAX_ADMIN_BYTES, so the count bounds them.
+    let admins = Arc::new(Gate {
+        what: "operator queries",
+        max_count: MAX_ADMIN_INFLIGHT,
+        max_bytes: usize::MAX,
+        inflight: Default::default(),
+        used: Mutex::default(),
+    });
     while let Some((is_admin, msg)) = requests.next().await {
         let Some(reply_to) = msg.reply.clone() else {
             continue;
         };
+
+        // Refuse what is too large or too much before reading it; the
+        // reply is small, so the loop sends it itself.
+        let (gate, cap) = if is_admin {
+            (&admins, MAX_ADMIN_BYTES)
+        } else {
+            (&calls, shared.config.max_message_bytes.saturating_mul(2))
+        };
+        let ticket = check_size(msg.payload.len(), cap).and_then(|()| {
+            gate.try_admit(msg.payload.len())
+                .map_err(|busy| busy.response(&shared.config.name))
+        });
+        let ticket = match ticket {
+            Ok(ticket) => ticket,
+            Err(response) => {
+                answer(&shared, &nats, &msg.subject, reply_to, response).await;
+                continue;
+            }
+        };
+
         let shared = shared.clone();
         let nats = nats.clone();
         tokio::spawn(async move {
@@ -315,26 +361,120 @@ async fn serve(
             } else {
                 call(&shared, &msg.payload).await
             };
-            shared.stats.gateway_requests.inc();
-            if let Response::Error(e) = &response {
-                shared.stats.gateway_errors.inc();
-                if ["too_large", "bad_request", "forbidden"].contains(&e.code.as_str()) {
-                    warn!(
-                        subject = %msg.subject,
-                        reply_to = %reply_to,
-                        code = %e.code,
-                        message = %e.message,
-                        "refused a gateway request"
-                    );
-                } else {
-                    debug!(code = %e.code, message = %e.message, "gateway request failed");
-                }
-            }
-            let body = serde_json::to_vec(&response).expect("responses encode");
-            if let Err(e) = nats.publish(reply_to, body.into()).await {
-                warn!(error = %e, "cannot send a gateway reply");
-            }
+            answer(&shared, &nats, &msg.subject, reply_to, response).await;
+            // The request leaves the gate only once answered, whatever the
+            // answer (a panic above drops the ticket too).
+            drop(ticket);
         });
+    }
+}
+
+/// Counts and logs a response and sends it to `reply_to`.
+async fn answer(
+    shared: &Shared,
+    nats: &async_nats::Client,
+    subject: &async_nats::Subject,
+    reply_to: async_nats::Subject,
+    response: Response,
+) {
+    shared.stats.gateway_requests.inc();
+    if let Response::Error(e) = &response {
+        shared.stats.gateway_errors.inc();
+        if e.code == BUSY {
+            shared.stats.gateway_busy.inc();
+        }
+        if ["too_large", "bad_request", "forbidden"].contains(&e.code.as_str()) {
+            warn!(
+                subject = %subject,
+                reply_to = %reply_to,
+                code = %e.code,
+                message = %e.message,
+                "refused a gateway request"
+            );
+        } else {
+            debug!(code = %e.code, message = %e.message, "gateway request failed");
+        }
+    }
+    let body = serde_json::to_vec(&response).expect("responses encode");
+    if let Err(e) = nats.publish(reply_to, body.into()).await {
+        warn!(error = %e, "cannot send a gateway reply");
+    }
+}
+
+/// The code of a request refused because the node is busy: retryable.
+const BUSY: &str = "unavailable";
+
+/// Bounds the requests of one kind served at once, by count and by body
+/// bytes.
+#[derive(Debug)]
+struct Gate {
+    /// What the refusal calls these requests.
+    what: &'static str,
+    /// The most requests at once.
+    max_count: usize,
+    /// The most body bytes at once.
+    max_bytes: usize,
+    /// Mirrors the count, for metrics.
+    inflight: prometheus_client::metrics::gauge::Gauge,
+    /// Requests and body bytes in flight now.
+    used: Mutex<(usize, usize)>,
+}
+
+/// Why a [`Gate`] refused a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Busy {
+    /// It holds its most requests.
+    Count { what: &'static str, max: usize },
+    /// The request's body would take it past its most bytes.
+    Bytes { what: &'static str, max: usize },
+}
+
+impl Busy {
+    fn response(&self, node: &str) -> Response {
+        let why = match self {
+            Busy::Count { what, max } => format!("{max} {what} in flight"),
+            Busy::Bytes { what, max } => format!("{what} in flight would pass {max} bytes"),
+        };
+        Response::error(BUSY, format!("node {node} is busy: {why}; retry later"))
+    }
+}
+
+/// A request's place in a [`Gate`], given back when dropped.
+#[derive(Debug)]
+struct Ticket {
+    gate: Arc<Gate>,
+    bytes: usize,
+}
+
+impl Gate {
+    /// Admits a request of `bytes`, or says which bound it would break.
+    fn try_admit(self: &Arc<Self>, bytes: usize) -> Result<Ticket, Busy> {
+        let what = self.what;
+        let mut used = self.used.lock().expect("gate lock");
+        if used.0 >= self.max_count {
+            let max = self.max_count;
+            return Err(Busy::Count { what, max });
+        }
+        if used.1.saturating_add(bytes) > self.max_bytes {
+            let max = self.max_bytes;
+            return Err(Busy::Bytes { what, max });
+        }
+        used.0 += 1;
+        used.1 += bytes;
+        self.inflight.inc();
+        Ok(Ticket {
+            gate: self.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut used = self.gate.used.lock().expect("gate lock");
+        used.0 -= 1;
+        used.1 -= self.bytes;
+        self.gate.inflight.dec();
     }
 }
 
@@ -366,20 +506,23 @@ fn admin_request(body: &[u8]) -> Result<AdminRequest, Response> {
 /// Checks a request's size and nesting before it is parsed, so a huge or
 /// deeply nested body costs a scan, not an allocation per level.
 fn check_bounds(body: &[u8], limit: usize) -> Result<(), Response> {
-    if body.len() > limit {
-        return Err(Response::error(
-            "too_large",
-            format!(
-                "request of {} bytes exceeds the limit of {limit} bytes",
-                body.len()
-            ),
-        ));
-    }
+    check_size(body.len(), limit)?;
     let depth = json_depth(body);
     if depth > MAX_JSON_DEPTH {
         return Err(Response::error(
             "bad_request",
             format!("request nests {depth} levels deep; the limit is {MAX_JSON_DEPTH}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a request of more than `limit` bytes.
+fn check_size(bytes: usize, limit: usize) -> Result<(), Response> {
+    if bytes > limit {
+        return Err(Response::error(
+            "too_large",
+            format!("request of {bytes} bytes exceeds the limit of {limit} bytes"),
         ));
     }
     Ok(())
@@ -693,5 +836,60 @@ fn members(shared: &Shared) -> MembersReply {
     MembersReply {
         node: shared.config.name.clone(),
         members: out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(max_count: usize, max_bytes: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            what: "gateway calls",
+            max_count,
+            max_bytes,
+            inflight: Default::default(),
+            used: Mutex::default(),
+        })
+    }
+
+    #[test]
+    fn a_gate_refuses_past_its_count_and_takes_requests_again_once_answered() {
+        let gate = gate(2, 1000);
+        let first = gate.try_admit(10).unwrap();
+        let _second = gate.try_admit(10).unwrap();
+        let busy = gate.try_admit(10).unwrap_err();
+        let Response::Error(e) = busy.response("par-1") else {
+            panic!("a refusal is an error");
+        };
+        assert_eq!(e.code, "unavailable");
+        assert_eq!(
+            e.message,
+            "node par-1 is busy: 2 gateway calls in flight; retry later"
+        );
+        assert_eq!(gate.inflight.get(), 2);
+
+        drop(first);
+        assert_eq!(gate.inflight.get(), 1);
+        gate.try_admit(10).unwrap();
+    }
+
+    #[test]
+    fn a_gate_refuses_past_its_bytes_and_takes_them_back_when_dropped() {
+        let gate = gate(10, 1000);
+        let big = gate.try_admit(900).unwrap();
+        let busy = gate.try_admit(200).unwrap_err();
+        assert_eq!(
+            busy,
+            Busy::Bytes {
+                what: "gateway calls",
+                max: 1000
+            }
+        );
+        let _small = gate.try_admit(100).unwrap();
+        drop(big);
+        let _again = gate.try_admit(900).unwrap();
+        let used = *gate.used.lock().unwrap();
+        assert_eq!(used, (2, 1000));
     }
 }

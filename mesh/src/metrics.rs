@@ -48,6 +48,11 @@ pub struct Stats {
     pub gateway_requests: Counter,
     /// Gateway requests answered with an error.
     pub gateway_errors: Counter,
+    /// Gateway calls refused at once because the node was busy (too many
+    /// calls or call bytes in flight); also counted in `gateway_errors`.
+    pub gateway_busy: Counter,
+    /// Gateway calls in flight now.
+    pub gateway_inflight: Gauge,
     /// Snapshots written.
     pub snapshots: Counter,
     /// Snapshots that failed.
@@ -77,6 +82,8 @@ impl Default for Stats {
             links_up: Gauge::default(),
             gateway_requests: Counter::default(),
             gateway_errors: Counter::default(),
+            gateway_busy: Counter::default(),
+            gateway_inflight: Gauge::default(),
             snapshots: Counter::default(),
             snapshot_failures: Counter::default(),
             snapshot_bytes: Counter::default(),
@@ -159,6 +166,11 @@ impl Stats {
                 "Gateway requests answered with an error",
                 &self.gateway_errors,
             ),
+            (
+                "gateway_busy",
+                "Gateway calls refused because the node was busy",
+                &self.gateway_busy,
+            ),
             ("snapshots", "Snapshots written", &self.snapshots),
             (
                 "snapshot_failures",
@@ -175,6 +187,11 @@ impl Stats {
             registry.register(name, help, counter.clone());
         }
         registry.register("links_up", "Links up", self.links_up.clone());
+        registry.register(
+            "gateway_inflight",
+            "Gateway calls in flight",
+            self.gateway_inflight.clone(),
+        );
         registry.register("call_seconds", "Call latency", self.call_seconds.clone());
         registry.register(
             "snapshot_seconds",
@@ -252,6 +269,8 @@ impl Stats {
             links_up: self.links_up.get(),
             gateway_requests: self.gateway_requests.get(),
             gateway_errors: self.gateway_errors.get(),
+            gateway_busy: self.gateway_busy.get(),
+            gateway_inflight: self.gateway_inflight.get(),
             agents_live: agents_live as u64,
         }
     }
@@ -281,6 +300,13 @@ pub struct StatsSnapshot {
     pub gateway_requests: u64,
     /// Gateway requests answered with an error.
     pub gateway_errors: u64,
+    /// Gateway calls refused because the node was busy (absent from older
+    /// nodes' answers).
+    #[serde(default)]
+    pub gateway_busy: u64,
+    /// Gateway calls in flight now (absent from older nodes' answers).
+    #[serde(default)]
+    pub gateway_inflight: i64,
     /// Agents live now.
     pub agents_live: u64,
 }

@@ -127,6 +127,21 @@ fn bad_values_are_refused_naming_key_and_value() {
         ),
         (
             NodeArgs {
+                gateway_max_inflight: Some(0),
+                ..NodeArgs::default()
+            },
+            "invalid value \"0\" for gateway_max_inflight: allow at least one request",
+        ),
+        (
+            NodeArgs {
+                gateway_max_inflight_bytes: Some(1000),
+                ..NodeArgs::default()
+            },
+            "invalid value \"1000\" for gateway_max_inflight_bytes: must be at least \
+             twice max_message_bytes (2097152)",
+        ),
+        (
+            NodeArgs {
                 secret_file: Some("/nonexistent/secret".into()),
                 ..NodeArgs::default()
             },
@@ -195,6 +210,22 @@ fn the_gateway_allow_list_comes_from_the_file_and_is_checked() {
     let (_dir, args) = with_file("gateway_allow = [\"Counter!\"]\n");
     let err = load(args).unwrap_err().to_string();
     assert!(err.contains("gateway_allow"), "{err}");
+}
+
+#[test]
+fn the_gateway_bounds_default_and_come_from_the_file() {
+    let config = load(NodeArgs {
+        name: Some("n".into()),
+        ..NodeArgs::default()
+    })
+    .unwrap();
+    assert_eq!(config.gateway_max_inflight, DEFAULT_GATEWAY_MAX_INFLIGHT);
+    assert_eq!(config.gateway_max_inflight_bytes, 4 << 20);
+    let (_dir, args) =
+        with_file("name = \"n\"\ngateway_max_inflight = 2\ngateway_max_inflight_bytes = 4194304\n");
+    let config = load(args).unwrap();
+    assert_eq!(config.gateway_max_inflight, 2);
+    assert_eq!(config.gateway_max_inflight_bytes, 4 << 20);
 }
 
 #[test]
