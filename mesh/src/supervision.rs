@@ -363,10 +363,17 @@ impl Actor for AgentActor {
         state: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
         let more = std::mem::take(&mut delivery.more);
-        handle_one(&myself, delivery, state).await;
-        for delivery in more {
+        // Boxed: an actor's task is as large as the largest future it may
+        // await and keeps that size for as long as the agent lives, and
+        // handling a message (let alone several) is far larger than a
+        // pointer: unboxed, it made each live agent ~1.5 KB larger.
+        Box::pin(async {
             handle_one(&myself, delivery, state).await;
-        }
+            for delivery in more {
+                handle_one(&myself, delivery, state).await;
+            }
+        })
+        .await;
         Ok(())
     }
 }
