@@ -416,32 +416,27 @@ impl Shared {
 
     /// Delivers a cast of trace `trace` to an agent of this node.
     fn cast_here(&self, to: AgentId, payload: Vec<u8>, trace: u64) {
-        let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
-        self.deliver(Delivery {
+        self.deliver(self.cast_delivery(to, payload, trace));
+    }
+
+    /// A cast to an agent of this node, as its actor receives it.
+    fn cast_delivery(&self, to: AgentId, payload: Vec<u8>, trace: u64) -> Delivery {
+        Delivery {
             to,
             payload,
-            reply,
+            reply: ReplySlot::new(ReplyTo::Nobody, self.strong()),
             hops: 0,
             timeout: self.config.call_timeout,
             trace,
             more: Vec::new(),
-        });
+        }
     }
 
     /// [`Shared::cast_here`] for one of several frames that arrived
     /// together: a cast to the live agent that `group` holds casts for
     /// joins them; any other sends them first.
     fn cast_here_via(&self, to: AgentId, payload: Vec<u8>, trace: u64, group: &mut Group) {
-        let reply = ReplySlot::new(ReplyTo::Nobody, self.strong());
-        let delivery = Delivery {
-            to,
-            payload,
-            reply,
-            hops: 0,
-            timeout: self.config.call_timeout,
-            trace,
-            more: Vec::new(),
-        };
+        let delivery = self.cast_delivery(to, payload, trace);
         if let Some((_, head)) = &mut group.0 {
             if head.to == delivery.to
                 && head.more.len() < MAX_GROUP
