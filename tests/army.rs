@@ -307,7 +307,17 @@ async fn meshctl_tasks_submit_and_watch_ride_out_a_kill_9_of_the_board_node() {
             .spawn()
             .expect("meshctl starts")
     };
-    let submit = ["submit", "sleep", r#"{"ms": 10}"#, "--id", "load"];
+    // A task on the killed node's workers is requeued when its timeout
+    // passes: 5 s rather than the default minute keeps the test short.
+    let submit = [
+        "submit",
+        "sleep",
+        r#"{"ms": 10}"#,
+        "--id",
+        "load",
+        "--task-timeout",
+        "5s",
+    ];
     let submitter = spawn(&[&submit[..], &["--count", "150", "--rate", "25"]].concat());
     let watcher = spawn(&["watch", "--until-idle"]);
     finished(&client, 20, Duration::from_secs(60)).await;
