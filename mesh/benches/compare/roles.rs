@@ -394,6 +394,26 @@ impl Agent for DurableBenchAgent {
     }
 }
 
+/// What every bench node is given: a free loopback link port, its data
+/// in `dir`, and plaintext links (raw ractor_cluster, its peer in the
+/// comparison, is plaintext too).
+fn bench_node_args(
+    nats: &str,
+    cluster: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<mesh::NodeArgs> {
+    Ok(mesh::NodeArgs {
+        cluster: Some(cluster.into()),
+        name: Some(name.into()),
+        nats: Some(vec![nats.into()]),
+        listen: Some(format!("127.0.0.1:{}", super::free_port()?)),
+        data_dir: Some(dir.join("data")),
+        insecure: true,
+        ..mesh::NodeArgs::default()
+    })
+}
+
 /// Starts a mesh node named `name` in this process, with the bench kinds,
 /// speaking the frame versions `wire` (such as `1-2`, or `all`).
 async fn start_node(
@@ -405,16 +425,9 @@ async fn start_node(
 ) -> anyhow::Result<(mesh::Node, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let args = mesh::NodeArgs {
-        cluster: Some(cluster.into()),
-        name: Some(name.into()),
-        nats: Some(vec![nats.into()]),
-        listen: Some(format!("127.0.0.1:{}", super::free_port()?)),
-        data_dir: Some(dir.path().join("data")),
         passivate_after: Some(passivate_after.into()),
-        // Raw ractor_cluster, its peer in the comparison, is plaintext too.
-        insecure: true,
         wire_versions: (wire != ALL_VERSIONS).then(|| wire.to_owned()),
-        ..mesh::NodeArgs::default()
+        ..bench_node_args(nats, cluster, name, dir.path())?
     };
     let config = mesh::Config::load(args, |_| None)?;
     let mut registry = Registry::new();
@@ -748,14 +761,8 @@ async fn start_army_node(
 ) -> anyhow::Result<(mesh::Node, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let args = mesh::NodeArgs {
-        cluster: Some(cluster.into()),
-        name: Some(name.into()),
-        nats: Some(vec![nats.into()]),
-        listen: Some(format!("127.0.0.1:{}", super::free_port()?)),
-        data_dir: Some(dir.path().join("data")),
         workers: Some(workers),
-        insecure: true,
-        ..mesh::NodeArgs::default()
+        ..bench_node_args(nats, cluster, name, dir.path())?
     };
     let config = mesh::Config::load(args, |_| None)?;
     let node = mesh::Node::start(config, actors::builtin_registry()).await?;
