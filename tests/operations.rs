@@ -563,3 +563,32 @@ async fn status_names_a_nats_server_that_is_down() {
         "{warnings}"
     );
 }
+
+#[tokio::test]
+async fn readiness_names_a_node_cut_off_by_another_secret_and_only_that_node() {
+    let nats = Nats::start().await;
+    let (spec_a, port_a) = with_metrics("cut", "node-a", "fr-par-1");
+    let (spec_b, port_b) = with_metrics("cut", "node-b", "nl-ams-1");
+    let (mut spec_c, port_c) = with_metrics("cut", "node-c", "pl-waw-1");
+    spec_c.secret = "another-secret-entirely".into();
+    let a = MeshNode::start(&nats, spec_a);
+    let b = MeshNode::start(&nats, spec_b);
+    let _c = MeshNode::start(&nats, spec_c);
+    let client = Client::connect(&nats, "cut").await;
+    client.converged(&[&a, &b]).await;
+
+    // node-c hears the others' announcements but can check none of them,
+    // and has no link: it says so once the grace (member timeout plus link
+    // timeout) has passed.
+    let body = wait_until("node-c to be unready", Duration::from_secs(20), || async {
+        let (status, body) = get(port_c, "/readyz")?;
+        (status == 503 && body.contains("links:")).then_some(body)
+    })
+    .await;
+    assert!(body.contains("cluster secret"), "{body}");
+    // The two nodes that link to each other stay ready, though they refuse
+    // node-c's announcements all along.
+    for port in [port_a, port_b] {
+        assert_eq!(get(port, "/readyz"), Some((200, "ready\n".to_owned())));
+    }
+}

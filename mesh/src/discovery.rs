@@ -213,6 +213,10 @@ impl Discovery {
         match self.signer.open(subject, payload, signing::now_ms()) {
             Ok(opened) => Some(opened),
             Err(e) => {
+                let now = signing::now_ms();
+                self.shared
+                    .refused_ms
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
                 let claimed = claimed_sender(payload);
                 self.refusals.refused(what, claimed.as_deref(), &e);
                 None
@@ -326,6 +330,7 @@ impl Discovery {
     }
 
     fn check(&mut self) {
+        self.shared.note_cut_off();
         let now = Instant::now();
         let gap = now.duration_since(self.last_check);
         self.last_check = now;

@@ -74,6 +74,12 @@ pub(crate) struct Shared {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// Set once the node has announced itself.
     pub(crate) announced: std::sync::atomic::AtomicBool,
+    /// When this node last refused an announcement on its cluster's
+    /// subject (Unix ms; 0: never): a node with another secret is there.
+    pub(crate) refused_ms: AtomicU64,
+    /// Since when this node has seen other nodes of its cluster while it
+    /// had a link to none of them (Unix ms; 0: it has not).
+    pub(crate) cut_off_ms: AtomicU64,
     /// Set while the node is drained: placement skips it.
     pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Wakes discovery to announce at once (the draining state changed).
@@ -671,7 +677,39 @@ impl Shared {
         if !self.ownership.as_ref().is_some_and(|o| o.lease_valid()) {
             failing.push("lease: this node holds no valid ownership lease");
         }
+        let cut_off = self.cut_off_ms.load(Ordering::Relaxed);
+        if cut_off != 0
+            && crate::signing::now_ms().saturating_sub(cut_off) >= self.cut_off_grace_ms()
+        {
+            failing.push(
+                "links: this node sees other nodes of its cluster but has a link to none \
+                 (check the cluster secret, the TLS CA and this node's certificate)",
+            );
+        }
         failing
+    }
+
+    /// How long a node may see peers without a link to any before it says
+    /// it is cut off: a dead peer leaves the view within the member
+    /// timeout, and a new link comes up within the link timeout.
+    fn cut_off_grace_ms(&self) -> u64 {
+        (self.config.member_timeout + self.config.link_timeout).as_millis() as u64
+    }
+
+    /// Notes whether this node sees other nodes of its cluster (members,
+    /// or announcements it refused lately) while it has a link to none.
+    pub(crate) fn note_cut_off(&self) {
+        let now = crate::signing::now_ms();
+        let refused = self.refused_ms.load(Ordering::Relaxed);
+        let recent = self.config.member_timeout.as_millis() as u64;
+        let sees_others = !self.members.read().expect("members lock").is_empty()
+            || (refused != 0 && now.saturating_sub(refused) < recent);
+        let linked = !self.links.read().expect("link table lock").is_empty();
+        if !sees_others || linked {
+            self.cut_off_ms.store(0, Ordering::Relaxed);
+        } else if self.cut_off_ms.load(Ordering::Relaxed) == 0 {
+            self.cut_off_ms.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Takes a snapshot now and prunes old ones.
@@ -969,6 +1007,8 @@ impl Node {
             roster_wake: tokio::sync::Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             announced: std::sync::atomic::AtomicBool::new(false),
+            refused_ms: AtomicU64::new(0),
+            cut_off_ms: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
             announce_now: tokio::sync::Notify::new(),
             moves: crate::rebalance::Moves::default(),
