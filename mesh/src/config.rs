@@ -247,6 +247,7 @@ struct FileConfig {
     zone: Option<String>,
     kind: Option<String>,
     capabilities: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "one_or_more_urls")]
     nats: Option<Vec<String>>,
     listen: Option<String>,
     advertise: Option<String>,
@@ -770,6 +771,34 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
         )));
     }
     Ok(text)
+}
+
+/// The file's `nats`: one URL, or a list of them.
+fn one_or_more_urls<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Urls;
+    impl<'de> serde::de::Visitor<'de> for Urls {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a NATS URL or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<Vec<String>, E> {
+            Ok(vec![url.to_owned()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut urls = Vec::new();
+            while let Some(url) = seq.next_element()? {
+                urls.push(url);
+            }
+            Ok(urls)
+        }
+    }
+    deserializer.deserialize_any(Urls).map(Some)
 }
 
 /// Parses configuration file text; `shown` names it in errors. Public for

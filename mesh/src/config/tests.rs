@@ -279,3 +279,17 @@ fn links_need_tls_files_or_an_explicit_insecure() {
     let config = Config::load(named(args), |_| None).unwrap();
     assert_eq!(config.links, LinkSecurity::Insecure);
 }
+
+#[test]
+fn the_file_takes_one_nats_url_or_a_list() {
+    let (_dir, args) = with_file("nats = \"nats://10.0.0.1:4222\"\n");
+    assert_eq!(load(args).unwrap().nats, ["nats://10.0.0.1:4222"]);
+    let (_dir, args) = with_file("nats = [\"nats://a:4222\", \"nats://b:4222\"]\n");
+    assert_eq!(load(args).unwrap().nats, ["nats://a:4222", "nats://b:4222"]);
+    let (_dir, args) = with_file("nats = 4222\n");
+    let err = load(args).unwrap_err().to_string();
+    assert!(err.contains("line 1"), "{err}");
+    assert!(err.contains("a NATS URL or a list of them"), "{err}");
+    let (_dir, args) = with_file("nats = [4222]\n");
+    assert!(load(args).is_err());
+}
