@@ -203,7 +203,22 @@ async fn killed_node_agents_come_back_elsewhere_once_with_every_acknowledged_wri
     // The victim (fr-par-2) hands over to its own region (node-0 in
     // fr-par-1) before another region (node-2 in nl-ams-1).
     for agent in &victims_agents {
-        assert_eq!(client.locate("node-2", agent).await, "node-0", "{agent}");
+        let at = client.locate("node-2", agent).await;
+        // On failure, what each node logged about the agent says which
+        // node took it over and why (a flake seen once under load).
+        let told = || {
+            let about = |n: &MeshNode| {
+                let log = n.log_text();
+                let lines: Vec<String> = log
+                    .lines()
+                    .filter(|l| l.contains(agent.as_str()) && !l.contains("DEBUG"))
+                    .map(str::to_owned)
+                    .collect();
+                format!("{}:\n{}", n.name(), lines.join("\n"))
+            };
+            nodes.iter().map(about).collect::<Vec<_>>().join("\n")
+        };
+        assert_eq!(at, "node-0", "{agent}\n{}", told());
     }
 
     // An epoch belongs to one node: no two nodes ever ran an agent under
