@@ -466,6 +466,17 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The hello of a peer speaking versions 1 to 3.
+    fn peer_hello() -> Vec<u8> {
+        encode_hello(&Hello {
+            node: "b".into(),
+            incarnation: 1,
+            min_version: 1,
+            max_version: 3,
+            software: "x".into(),
+        })
+    }
+
     fn traced_cast() -> Frame {
         Frame::TracedCast {
             to: "echo/e".parse().unwrap(),
@@ -599,13 +610,7 @@ mod tests {
         assert_eq!(back, frames);
 
         let inner = encode(BATCH_VERSION, &Frame::Batch(Vec::new())).unwrap();
-        let hello = encode_hello(&Hello {
-            node: "b".into(),
-            incarnation: 1,
-            min_version: 1,
-            max_version: 3,
-            software: "x".into(),
-        });
+        let hello = peer_hello();
         let nested = encode_batch(BATCH_VERSION, vec![inner, hello, vec![1]]).unwrap();
         let Incoming::Frame(Frame::Batch(bodies)) = decode(&nested).unwrap() else {
             panic!("not a batch");
@@ -672,13 +677,7 @@ mod tests {
             None
         );
         assert_eq!(batch_frames(&encode(2, &traced_cast()).unwrap()), None);
-        let hello = encode_hello(&Hello {
-            node: "b".into(),
-            incarnation: 1,
-            min_version: 1,
-            max_version: 3,
-            software: "x".into(),
-        });
+        let hello = peer_hello();
         assert_eq!(batch_frames(&hello), None);
         let mut old = bytes.clone();
         old[..2].copy_from_slice(&2u16.to_le_bytes());
